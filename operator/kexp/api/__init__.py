@@ -1,0 +1,1 @@
+"""kexp's API: the Experiment models, the CRDs generated from them, and the trainer contract."""

@@ -1,0 +1,1 @@
+"""The kexp command line, also installed as the kubectl plugin ``kubectl-kexp``."""

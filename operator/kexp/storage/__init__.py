@@ -1,0 +1,1 @@
+"""Clients for S3-compatible object storage (MinIO by default)."""

@@ -1,0 +1,43 @@
+"""S3 access through the MinIO SDK, which speaks to any S3-compatible store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from minio import Minio
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """Where an S3 store is and how to sign requests to it. Never logged or put in status."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    def __repr__(self) -> str:  # keep secrets out of tracebacks and logs
+        return f"S3Credentials(endpoint={self.endpoint!r}, access_key=***, secret_key=***)"
+
+
+def s3_client(creds: S3Credentials) -> Minio:
+    """A client for ``creds.endpoint`` (``http://host:port`` or ``https://host:port``)."""
+    url = urlparse(creds.endpoint)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ValueError(f"S3 endpoint must look like http(s)://host:port, got {creds.endpoint!r}")
+    return Minio(
+        url.netloc,
+        access_key=creds.access_key,
+        secret_key=creds.secret_key,
+        secure=url.scheme == "https",
+        region=creds.region,
+    )
+
+
+def ensure_bucket(client: Minio, bucket: str) -> bool:
+    """Create ``bucket`` unless it exists; True when it was created now."""
+    if client.bucket_exists(bucket):
+        return False
+    client.make_bucket(bucket)
+    return True
