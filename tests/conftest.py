@@ -107,3 +107,132 @@ def prom(stack: Stack) -> Prometheus:
 @pytest.fixture(scope="session")
 def default_bucket() -> str:
     return contract.DEFAULT_BUCKET
+
+
+# ---- the operator, as a real process against the stack ------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def crds(kube: Any) -> None:
+    """kexp's generated CRDs, installed and Established."""
+    from kexp.kube.crds import apply_crds, load_crds
+
+    apply_crds(kube, load_crds(REPO / "crds"))
+
+
+class OperatorProcess:
+    """``kexp-operator`` in a subprocess, watching the given namespace globs."""
+
+    def __init__(
+        self, stack: Stack, namespaces: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        import socket
+        import subprocess
+        import sys
+
+        def free_port() -> int:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                return int(sock.getsockname()[1])
+
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        self.log_path = log_path
+        args = [
+            sys.executable,
+            "-m",
+            "kexp.handlers.run",
+            f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
+        ]
+        for ns in namespaces:
+            args += ["--namespace", ns]
+        full_env = {
+            **os.environ,
+            "KUBECONFIG": str(stack.kubeconfig),
+            "KEXP_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            "KEXP_OPERATOR_METRICS_ADDR": "127.0.0.1",
+            "KEXP_TRAINER_IMAGE": "kexp/trainer:test",
+            **(env or {}),
+        }
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(args, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited {self.proc.returncode}: {self.logs()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"operator not live in {timeout_s}s: {self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    stack: Stack, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The session's operator, watching the per-test namespaces (``t-*``)."""
+    op = OperatorProcess(stack, ["t-*"], tmp_path_factory.mktemp("operator") / "operator.log")
+    try:
+        op.wait_ready()
+        wait_reconciling(stack, "t-canary-" + secrets.token_hex(3), op)
+        yield op
+    finally:
+        op.stop()
+
+
+def wait_reconciling(
+    stack: Stack, namespace: str, op: OperatorProcess, timeout_s: float = 60
+) -> None:
+    """Liveness says the process is up; a canary Experiment's status says it reconciles."""
+    api = sync_api_client(stack.kubeconfig)
+    cluster.ensure_namespace(api, namespace)
+    custom = client.CustomObjectsApi(api)
+    canary = {
+        "apiVersion": "kexp.io/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "canary"},
+        "spec": {
+            "algorithm": "PPO",
+            "environment": {"id": "CartPole-v1"},
+            "training": {"totalSteps": 1},
+        },
+    }
+    custom.create_namespaced_custom_object("kexp.io", "v1alpha1", namespace, "experiments", canary)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (
+            not custom.get_namespaced_custom_object(
+                "kexp.io", "v1alpha1", namespace, "experiments", "canary"
+            )
+            .get("status", {})
+            .get("phase")
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"operator reconciled nothing in {timeout_s}s: {op.logs()}")
+            time.sleep(0.2)
+    finally:
+        client.CoreV1Api(api).delete_namespace(namespace)
+        api.close()

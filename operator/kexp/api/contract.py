@@ -2,6 +2,21 @@
 
 The operator renders pods from these names and trainers (kexp's own or a researcher's custom
 image) read them; nothing else in kexp spells these strings out.
+
+What a trainer gets:
+
+- the resolved Experiment spec as YAML at ``$KEXP_CONFIG`` (a mounted ConfigMap);
+- S3 credentials as files in ``$KEXP_S3_SECRET_DIR`` (one file per key of
+  ``S3_SECRET_KEYS``), never as environment values;
+- where to write: ``$KEXP_S3_BUCKET`` and ``$KEXP_S3_PREFIX``, i.e.
+  ``s3://<bucket>/<namespace>/<experiment>/<uid>/``; the UID keeps a re-created experiment of
+  the same name from ever overwriting an earlier one;
+- ``$KEXP_INIT_CHECKPOINT``: an S3 URI to warm-start from (``spec.initFrom``), or unset;
+- a port for Prometheus metrics, ``$KEXP_METRICS_PORT``.
+
+What a trainer writes under its prefix: ``checkpoints/step-<N>.pt``, ``checkpoints/best.pt``,
+``checkpoints/latest`` (the key of the newest step checkpoint), ``progress.json`` (heartbeat),
+``metrics.csv`` (history) and ``results.json`` (final evaluation and environment report).
 """
 
 from __future__ import annotations
@@ -26,3 +41,73 @@ S3_SECRET_KEYS: Final = (S3_ACCESS_KEY, S3_SECRET_KEY, S3_ENDPOINT_KEY, S3_REGIO
 
 #: Extended resource name of NVIDIA GPUs (the device plugin's).
 GPU_RESOURCE: Final = "nvidia.com/gpu"
+
+# ---- environment of a trainer container ---------------------------------------------------
+ENV_CONFIG: Final = "KEXP_CONFIG"
+ENV_EXPERIMENT: Final = "KEXP_EXPERIMENT"
+ENV_NAMESPACE: Final = "KEXP_NAMESPACE"
+ENV_UID: Final = "KEXP_UID"
+ENV_S3_BUCKET: Final = "KEXP_S3_BUCKET"
+ENV_S3_PREFIX: Final = "KEXP_S3_PREFIX"
+ENV_S3_SECRET_DIR: Final = "KEXP_S3_SECRET_DIR"  # noqa: S105 - a variable's name
+ENV_INIT_CHECKPOINT: Final = "KEXP_INIT_CHECKPOINT"
+ENV_METRICS_PORT: Final = "KEXP_METRICS_PORT"
+#: Multi-node runs: how many nodes, and each node's GPUs (processes per node).
+ENV_NNODES: Final = "KEXP_NNODES"
+ENV_NPROC_PER_NODE: Final = "KEXP_NPROC_PER_NODE"
+
+# ---- mounts -------------------------------------------------------------------------------
+CONFIG_DIR: Final = "/etc/kexp"
+CONFIG_FILE: Final = "config.yaml"
+CONFIG_PATH: Final = f"{CONFIG_DIR}/{CONFIG_FILE}"
+S3_SECRET_DIR: Final = "/var/run/secrets/kexp/s3"  # noqa: S105 - a mount path
+
+METRICS_PORT: Final = 9090
+#: torchrun's rendezvous port on the rank-0 pod of a multi-node run.
+RENDEZVOUS_PORT: Final = 29500
+
+# ---- S3 layout ----------------------------------------------------------------------------
+CHECKPOINTS_DIR: Final = "checkpoints"
+BEST_CHECKPOINT: Final = "checkpoints/best.pt"
+LATEST_POINTER: Final = "checkpoints/latest"
+PROGRESS_FILE: Final = "progress.json"
+METRICS_FILE: Final = "metrics.csv"
+RESULTS_FILE: Final = "results.json"
+
+
+def s3_prefix(namespace: str, experiment: str, uid: str) -> str:
+    """The key prefix (no bucket, trailing slash) under which one experiment writes."""
+    return f"{namespace}/{experiment}/{uid}/"
+
+
+def step_checkpoint(step: int) -> str:
+    """Key, relative to the prefix, of the checkpoint taken at ``step``."""
+    return f"{CHECKPOINTS_DIR}/step-{step}.pt"
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    """``s3://bucket/key``."""
+    return f"s3://{bucket}/{key}"
+
+
+# ---- Prometheus metric names (``kexp_trainer_*``), labels experiment/namespace/trial ------
+METRIC_LABELS: Final = ("experiment", "namespace", "trial")
+METRIC_STEPS: Final = "kexp_trainer_steps_total"
+METRIC_STEPS_PER_SECOND: Final = "kexp_trainer_steps_per_second"
+METRIC_EPISODE_REWARD: Final = "kexp_trainer_episode_reward"
+METRIC_LOSS: Final = "kexp_trainer_loss"
+METRIC_EVAL_SCORE: Final = "kexp_trainer_eval_score"
+METRIC_CHECKPOINT_UPLOAD_SECONDS: Final = "kexp_trainer_checkpoint_upload_seconds"
+METRIC_GPU_MEMORY_BYTES: Final = "kexp_trainer_gpu_memory_bytes"
+
+# ---- labels and annotations the operator puts on objects ----------------------------------
+LABEL_EXPERIMENT: Final = "kexp.io/experiment"
+LABEL_ROLE: Final = "kexp.io/role"
+LABEL_TAG_PREFIX: Final = "kexp.io/tag."
+LABEL_TEMPLATE: Final = "kexp.io/template"
+LABEL_INIT_FROM: Final = "kexp.io/init-from"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "kexp"
+#: Annotations with this prefix on an Experiment are copied onto its pods; the local stack's
+#: simulated nodes read them (see ``kexp.dev.cluster``).
+SIM_ANNOTATION_PREFIX: Final = "sim.kexp.io/"

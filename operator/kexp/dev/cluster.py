@@ -25,9 +25,9 @@ from kexp.kube.client import sync_api_client
 from kexp.storage.s3 import S3Credentials, ensure_bucket, s3_client
 
 KWOK_NODE_ANNOTATION: Final = "kwok.x-k8s.io/node"
-SIM_RUN_FOR: Final = "sim.kexp.io/run-for"
-SIM_EXIT_CODE: Final = "sim.kexp.io/exit-code"
-SIM_REASON: Final = "sim.kexp.io/reason"
+SIM_RUN_FOR: Final = f"{contract.SIM_ANNOTATION_PREFIX}run-for"
+SIM_EXIT_CODE: Final = f"{contract.SIM_ANNOTATION_PREFIX}exit-code"
+SIM_REASON: Final = f"{contract.SIM_ANNOTATION_PREFIX}reason"
 
 #: Simulated nodes: one CPU node and two GPU nodes (two, so multi-node DDP can be placed).
 NODES: Final[tuple[dict[str, Any], ...]] = (

@@ -1,0 +1,41 @@
+"""Validation of a resolved spec with messages that name the field, as the CRD's would."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from kexp.api.models import ExperimentSpec
+
+
+def describe_errors(exc: ValidationError, root: str = "spec") -> str:
+    """``spec.a.b: message; spec.c: message`` from a pydantic error, one entry per problem."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in (root, *err["loc"]))
+        parts.append(f"{path}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def validate_spec(merged: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec with defaults filled in (wire format); ValueError naming each bad field."""
+    try:
+        resolved = ExperimentSpec.model_validate(dict(merged)).to_wire()
+    except ValidationError as exc:
+        raise ValueError(describe_errors(exc)) from exc
+    # The CRD lets an Experiment leave these to its template; after merging they must be set.
+    required = [("algorithm",), ("training", "totalSteps")]
+    if resolved.get("algorithm") != "Custom":
+        required.append(("environment", "id"))
+    for path in required:
+        node: Any = resolved
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            raise ValueError(
+                f"spec.{'.'.join(path)}: required, and neither the Experiment nor its "
+                f"template sets it"
+            )
+    return resolved

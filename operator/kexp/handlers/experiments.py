@@ -1,0 +1,320 @@
+"""kopf handlers: watch Experiments, their Jobs and pods, and reconcile level-triggered.
+
+Every event (an Experiment changed, its Job or a pod moved, a template appeared, an
+experiment it waits for finished) leads to the same pass: read the Experiment and what the
+watch indexes hold, ``plan_pass`` decides, and this module carries the plan out: labels,
+create-if-absent children, one status write guarded by resourceVersion, Events. A pass that
+loses a write race (409) re-reads and runs again. Nothing is polled; restarting the operator
+replays the watches, and deterministic child names make the replay create nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+from prometheus_client import start_http_server
+
+from kexp.api import contract, models
+from kexp.api.validation import validate_spec
+from kexp.handlers.metrics import OperatorMetrics
+from kexp.handlers.plan import ApiFunctions, Observed, Plan, plan_pass
+from kexp.handlers.provenance import SourceError, is_commit, resolve_revision
+from kexp.kube import aio
+from kexp.render.settings import RenderSettings
+
+log = logging.getLogger("kexp.operator")
+MANAGED = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
+MAX_CONFLICT_RETRIES = 5
+#: Delays before re-running a pass that failed for a reason other than a write conflict.
+RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+API_FUNCTIONS = ApiFunctions(
+    validate=validate_spec, merge_template=models.merge_template, config_hash=models.config_hash
+)
+Key = tuple[str, str]
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """All operator settings in one place."""
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    metrics = OperatorMetrics()
+    port = int(os.environ.get("KEXP_OPERATOR_METRICS_PORT", "8080"))
+    if port:
+        start_http_server(
+            port,
+            addr=os.environ.get("KEXP_OPERATOR_METRICS_ADDR", "0.0.0.0"),  # noqa: S104
+            registry=metrics.registry,
+        )
+    memo.metrics = metrics
+    memo.kube = aio.Kube(
+        await aio.connect(), on_error=lambda op: metrics.api_errors.labels(operation=op).inc()
+    )
+    memo.render = RenderSettings.from_env()
+    memo.locks = {}
+    memo.failures = {}
+    memo.retries = {}
+    log.info("kexp operator started; trainer image %s", memo.render.trainer_image)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    kube: aio.Kube | None = memo.get("kube")
+    if kube is not None:
+        await kube.close()
+
+
+# ---- indexes: what the watches hold, read by every pass without an API call ---------------
+# kopf's handler protocols list every kwarg it may pass with its widest type (namespace may be
+# None for cluster-scoped resources) and cannot express the index kwargs it injects by name;
+# these handlers name only what they use, so the decorators' arg-type check is silenced.
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+@kopf.index(aio.GROUP, aio.VERSION, aio.EXPERIMENTS)  # type: ignore[arg-type]
+def experiments_idx(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    return {(namespace, name): _plain(body)}
+
+
+@kopf.index(aio.GROUP, aio.VERSION, aio.TEMPLATES)  # type: ignore[arg-type]
+def templates_idx(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Key, Any]:
+    return {(namespace, name): copy.deepcopy(dict(spec))}
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)  # type: ignore[arg-type]
+def jobs_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    return {(namespace, labels.get(contract.LABEL_EXPERIMENT, "")): _plain(body)}
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)  # type: ignore[arg-type]
+def pods_idx(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    return {(namespace, labels.get(contract.LABEL_EXPERIMENT, "")): _plain(body)}
+
+
+def _one(index: kopf.Index[Key, Any], key: Key) -> dict[str, Any] | None:
+    store = index.get(key)
+    return next(iter(store), None) if store is not None else None
+
+
+# ---- events ---------------------------------------------------------------------------------
+@kopf.on.event(aio.GROUP, aio.VERSION, aio.EXPERIMENTS)  # type: ignore[arg-type]
+async def on_experiment(
+    type: str | None,
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    experiments_idx: kopf.Index[Key, Any],
+    templates_idx: kopf.Index[Key, Any],
+    jobs_idx: kopf.Index[Key, Any],
+    pods_idx: kopf.Index[Key, Any],
+    **_: Any,
+) -> None:
+    indexes = (experiments_idx, templates_idx, jobs_idx, pods_idx)
+    if type == "DELETED":
+        memo.metrics.observe_phase((namespace, name), None)
+        return
+    await reconcile(memo, namespace, name, _plain(body), indexes)
+    phase = (body.get("status") or {}).get("phase")
+    if phase in ("Succeeded", "Failed"):
+        # Experiments waiting on this one (spec.initFrom) can go on now.
+        for dep in await memo.kube.list_experiments(
+            namespace, f"{contract.LABEL_INIT_FROM}={name}"
+        ):
+            await reconcile(memo, namespace, dep["metadata"]["name"], dep, indexes)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)  # type: ignore[arg-type]
+async def on_job(
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    experiments_idx: kopf.Index[Key, Any],
+    templates_idx: kopf.Index[Key, Any],
+    jobs_idx: kopf.Index[Key, Any],
+    pods_idx: kopf.Index[Key, Any],
+    **_: Any,
+) -> None:
+    await _reconcile_owner(
+        memo, namespace, labels, (experiments_idx, templates_idx, jobs_idx, pods_idx)
+    )
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED)  # type: ignore[arg-type]
+async def on_pod(
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    experiments_idx: kopf.Index[Key, Any],
+    templates_idx: kopf.Index[Key, Any],
+    jobs_idx: kopf.Index[Key, Any],
+    pods_idx: kopf.Index[Key, Any],
+    **_: Any,
+) -> None:
+    await _reconcile_owner(
+        memo, namespace, labels, (experiments_idx, templates_idx, jobs_idx, pods_idx)
+    )
+
+
+@kopf.on.event(aio.GROUP, aio.VERSION, aio.TEMPLATES)  # type: ignore[arg-type]
+async def on_template(
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    experiments_idx: kopf.Index[Key, Any],
+    templates_idx: kopf.Index[Key, Any],
+    jobs_idx: kopf.Index[Key, Any],
+    pods_idx: kopf.Index[Key, Any],
+    **_: Any,
+) -> None:
+    indexes = (experiments_idx, templates_idx, jobs_idx, pods_idx)
+    for exp in await memo.kube.list_experiments(namespace, f"{contract.LABEL_TEMPLATE}={name}"):
+        await reconcile(memo, namespace, exp["metadata"]["name"], exp, indexes)
+
+
+async def _reconcile_owner(
+    memo: kopf.Memo, namespace: str, labels: Mapping[str, str], indexes: tuple[Any, ...]
+) -> None:
+    name = labels.get(contract.LABEL_EXPERIMENT)
+    if not name:
+        return
+    body = _one(indexes[0], (namespace, name))
+    if body is None:
+        return  # the Experiment is gone; garbage collection takes its children
+    await reconcile(memo, namespace, name, body, indexes)
+
+
+# ---- the pass -------------------------------------------------------------------------------
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _observe(
+    memo: kopf.Memo, namespace: str, body: dict[str, Any], indexes: tuple[Any, ...]
+) -> Observed:
+    experiments_idx, templates_idx, jobs_idx, pods_idx = indexes
+    name = body["metadata"]["name"]
+    spec = body.get("spec") or {}
+    template = None
+    if spec.get("templateRef"):
+        template = _one(templates_idx, (namespace, spec["templateRef"]))
+    store = pods_idx.get((namespace, name))
+    pods = [p for p in store] if store is not None else []
+    experiments = (
+        {
+            key[1]: next(iter(value))
+            for key, value in experiments_idx.items()
+            if key[0] == namespace and value
+        }
+        if spec.get("initFrom")
+        else {}
+    )
+    resolved, error = None, None
+    source = spec.get("source") or {}
+    known = ((body.get("status") or {}).get("provenance") or {}).get("gitCommit")
+    revision = source.get("revision")
+    if source.get("repository") and revision and not source.get("commit") and not known:
+        try:
+            resolved = await resolve_revision(source["repository"], revision)
+        except SourceError as exc:
+            error = str(exc)
+    elif revision and not source.get("commit") and not known and is_commit(revision):
+        resolved = revision
+    return Observed(
+        template_spec=template,
+        job=_one(jobs_idx, (namespace, name)),
+        pods=pods,
+        experiments=experiments,
+        resolved_commit=resolved,
+        source_error=error,
+    )
+
+
+async def _carry_out(memo: kopf.Memo, body: dict[str, Any], plan: Plan) -> None:
+    kube: aio.Kube = memo.kube
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    if plan.labels:
+        await kube.patch_experiment_labels(ns, name, plan.labels)
+    for child in plan.create:
+        created = await kube.create_if_absent(child)
+        if created and child["kind"] == os.environ.get("KEXP_FAULT_EXIT_AFTER_CREATING"):
+            # Fault injection for the crash-recovery test: die between create and status write.
+            os._exit(17)
+        if created and child["kind"] == "Job":
+            kopf.info(
+                kopf.Body(cast("kopf.RawBody", body)),
+                reason="JobCreated",
+                message=f"created training Job {child['metadata']['name']}",
+            )
+    if plan.status != (body.get("status") or {}):
+        await kube.patch_experiment_status(ns, name, plan.status, meta["resourceVersion"])
+    for kind, reason, message in plan.events:
+        kopf.event(kopf.Body(cast("kopf.RawBody", body)), type=kind, reason=reason, message=message)
+
+
+async def reconcile(
+    memo: kopf.Memo,
+    namespace: str,
+    name: str,
+    body: dict[str, Any],
+    indexes: tuple[Any, ...],
+) -> None:
+    """One serialized pass for one Experiment, retried on write conflicts."""
+    key = (namespace, name)
+    lock: asyncio.Lock = memo.locks.setdefault(key, asyncio.Lock())
+    metrics: OperatorMetrics = memo.metrics
+    async with lock:
+        started = time.perf_counter()
+        try:
+            for _attempt in range(MAX_CONFLICT_RETRIES):
+                observed = await _observe(memo, namespace, body, indexes)
+                plan = plan_pass(
+                    body, observed, api=API_FUNCTIONS, settings=memo.render, now=_now()
+                )
+                try:
+                    await _carry_out(memo, body, plan)
+                except aio.Conflict:
+                    metrics.reconciles.labels(result="conflict").inc()
+                    fresh = await memo.kube.get_experiment(namespace, name)
+                    if fresh is None:
+                        return
+                    body = fresh
+                    continue
+                metrics.reconciles.labels(result="ok").inc()
+                metrics.observe_phase(key, plan.status.get("phase"))
+                memo.failures.pop(key, None)
+                return
+            raise RuntimeError(f"status kept changing over {MAX_CONFLICT_RETRIES} attempts")
+        except Exception as exc:
+            metrics.reconciles.labels(result="error").inc()
+            attempt = memo.failures.get(key, 0)
+            memo.failures[key] = attempt + 1
+            delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+            log.warning(
+                "reconcile of %s/%s failed (%s); again in %.0fs", namespace, name, exc, delay
+            )
+            # Event handlers are not retried by kopf; schedule the next pass ourselves.
+            memo.retries[key] = asyncio.get_running_loop().call_later(
+                delay, lambda: asyncio.ensure_future(_retry(memo, key, indexes))
+            )
+        finally:
+            metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+
+async def _retry(memo: kopf.Memo, key: Key, indexes: tuple[Any, ...]) -> None:
+    memo.retries.pop(key, None)
+    body = _one(indexes[0], key)
+    if body is not None:
+        await reconcile(memo, key[0], key[1], body, indexes)

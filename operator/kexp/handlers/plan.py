@@ -1,0 +1,309 @@
+"""One reconcile pass, decided as a pure function: from what is observed to what to write.
+
+``plan_pass`` gets the Experiment and what the operator's watches hold (its template, its
+Job, its pods, the experiments it may wait for) and returns the labels to set, the children
+to create-if-absent, the complete new status and the Events to post. The handlers only
+gather inputs and carry the plan out, so every decision here is unit-tested without a
+cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from kexp.api import contract
+from kexp.render import names
+from kexp.render.resolved import ResolvedExperiment
+from kexp.render.settings import RenderSettings
+from kexp.render.training import render_children
+from kexp.status.conditions import condition, set_condition
+from kexp.status.training import STUCK_WAITING_REASONS, TrainingState, training_state
+
+TERMINAL: Final = frozenset({"Succeeded", "Failed"})
+#: Pending reasons worth a Warning event: they will not resolve without the user.
+PROBLEM_REASONS: Final = STUCK_WAITING_REASONS | {
+    "Unschedulable",
+    "SourceUnresolved",
+    "TemplateNotFound",
+    "InvalidSpec",
+}
+
+Validator = Callable[[dict[str, Any]], dict[str, Any]]
+Merger = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+Hasher = Callable[[dict[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class ApiFunctions:
+    """The API-model functions a pass needs (kept injectable so plans are testable alone)."""
+
+    validate: Validator
+    merge_template: Merger
+    config_hash: Hasher
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the watches hold for one Experiment at the start of a pass."""
+
+    template_spec: dict[str, Any] | None = None
+    job: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    experiments: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    resolved_commit: str | None = None
+    source_error: str | None = None
+
+
+@dataclass
+class Plan:
+    """What one pass will do, in order: labels, children, one status write, Events."""
+
+    labels: dict[str, str | None] = field(default_factory=dict)
+    create: list[dict[str, Any]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+class SpecProblem(Exception):
+    """The resolved spec is unusable; ``phase`` says whether waiting can fix it."""
+
+    def __init__(self, reason: str, message: str, phase: str = "Pending") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.phase = phase
+
+
+def wanted_labels(meta: dict[str, Any], spec: dict[str, Any]) -> dict[str, str | None]:
+    """Label changes that mirror tags, the template and ``initFrom`` onto the Experiment."""
+    current: dict[str, str] = dict(meta.get("labels") or {})
+    want: dict[str, str] = names.tag_labels(list(spec.get("tags") or []))
+    if spec.get("templateRef"):
+        want[contract.LABEL_TEMPLATE] = str(spec["templateRef"])
+    init_from = (spec.get("initFrom") or {}).get("experiment")
+    if init_from:
+        want[contract.LABEL_INIT_FROM] = str(init_from)
+    changes: dict[str, str | None] = {k: v for k, v in want.items() if current.get(k) != v}
+    managed = (contract.LABEL_TAG_PREFIX, contract.LABEL_TEMPLATE, contract.LABEL_INIT_FROM)
+    for key in current:
+        if key.startswith(managed) and key not in want:
+            changes[key] = None
+    return changes
+
+
+def _init_from_chain(name: str, first: str, experiments: Mapping[str, dict[str, Any]]) -> str:
+    """Raise SpecProblem when following ``initFrom`` from ``name`` comes back to it."""
+    chain = [name]
+    current: str | None = first
+    while current:
+        chain.append(current)
+        if current == name:
+            raise SpecProblem(
+                "InitFromCycle",
+                f"spec.initFrom.experiment forms a cycle: {' -> '.join(chain)}",
+                phase="Failed",
+            )
+        if current in chain[:-1]:
+            break  # a cycle further along, not through this experiment: its members report it
+        body = experiments.get(current)
+        current = ((body or {}).get("spec", {}).get("initFrom") or {}).get("experiment")
+    return first
+
+
+def _init_checkpoint(
+    namespace: str, spec: dict[str, Any], init_from: dict[str, Any], ref: dict[str, Any]
+) -> str:
+    which = init_from.get("checkpoint") or "best"
+    checkpoints = (ref.get("status") or {}).get("checkpoints") or {}
+    if checkpoints.get(which):
+        return str(checkpoints[which])
+    # Before results are harvested, the contract's layout still says where it is.
+    ref_spec = ref.get("spec") or {}
+    bucket = (ref_spec.get("storage") or {}).get("bucket") or contract.DEFAULT_BUCKET
+    prefix = contract.s3_prefix(namespace, ref["metadata"]["name"], ref["metadata"]["uid"])
+    key = contract.BEST_CHECKPOINT if which == "best" else contract.LATEST_POINTER
+    return contract.s3_uri(str(bucket), prefix + key)
+
+
+def _provenance(
+    body: dict[str, Any],
+    merged: dict[str, Any] | None,
+    observed: Observed,
+    api: ApiFunctions,
+    settings: RenderSettings,
+) -> dict[str, Any]:
+    old = dict((body.get("status") or {}).get("provenance") or {})
+    source = (merged or body.get("spec") or {}).get("source") or {}
+    prov: dict[str, Any] = {**old, "submittedAt": body["metadata"].get("creationTimestamp")}
+    commit = source.get("commit") or observed.resolved_commit or old.get("gitCommit")
+    revision = source.get("revision")
+    if commit:
+        prov["gitCommit"] = commit
+    if revision and revision != commit:
+        prov["gitBranch"] = revision
+    if "dirty" in source:
+        prov["gitDirty"] = bool(source["dirty"])
+    if source.get("repository"):
+        prov["repository"] = source["repository"]
+    if merged is not None:
+        prov["configHash"] = api.config_hash(merged)
+        prov["image"] = (merged.get("trainer") or {}).get("image") or settings.trainer_image
+    return {k: v for k, v in prov.items() if v is not None}
+
+
+def _phase_events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
+    old_phase, new_phase = old.get("phase"), new.get("phase")
+    old_reason = (old.get("reason") or "") if old else ""
+    reason = new.get("reason") or new_phase or ""
+    message = new.get("message") or ""
+    if old_phase == new_phase and old_reason == reason:
+        return []
+    kind = "Warning" if new_phase == "Failed" or reason in PROBLEM_REASONS else "Normal"
+    return [(kind, reason, message)]
+
+
+def plan_pass(
+    body: dict[str, Any],
+    observed: Observed,
+    *,
+    api: ApiFunctions,
+    settings: RenderSettings,
+    now: str,
+) -> Plan:
+    """Decide one reconcile pass of ``body`` (an Experiment as read from the API)."""
+    meta = body["metadata"]
+    spec: dict[str, Any] = body.get("spec") or {}
+    old: dict[str, Any] = copy.deepcopy(body.get("status") or {})
+    generation = meta.get("generation")
+    plan = Plan(labels=wanted_labels(meta, spec))
+    status: dict[str, Any] = copy.deepcopy(old)
+    status["observedGeneration"] = generation
+    conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+    train_job = names.train_job_name(meta["name"])
+
+    def cond(type_: str, ok: bool, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_condition(
+            conditions, type_, ok, reason, message, now=now, generation=generation
+        )
+
+    def finish(phase: str, reason: str, message: str) -> Plan:
+        status.update({"phase": phase, "reason": reason, "message": message})
+        status["conditions"] = conditions
+        plan.status = status
+        plan.events += _phase_events(old, status)
+        return plan
+
+    if old.get("phase") in TERMINAL:
+        # A finished experiment is a record: nothing re-runs it, even if its Job is deleted.
+        plan.status = status
+        return plan
+
+    merged: dict[str, Any] | None = None
+    try:
+        merged = _resolve_spec(spec, observed, api)
+        init_checkpoint = _resolve_init_from(meta, merged, observed, old)
+    except SpecProblem as problem:
+        status["provenance"] = _provenance(body, merged, observed, api, settings)
+        if problem.reason.startswith("Waiting"):
+            cond("Validated", True, "Valid", "the spec is valid")
+            cond("InitFromReady", False, problem.reason, problem.message)
+            return finish("Waiting", problem.reason, problem.message)
+        cond("Validated", False, problem.reason, problem.message)
+        return finish(problem.phase, problem.reason, problem.message)
+
+    cond("Validated", True, "Valid", "the spec is valid")
+    if init_checkpoint:
+        cond("InitFromReady", True, "CheckpointResolved", f"warm-starting from {init_checkpoint}")
+    prov = _provenance(body, merged, observed, api, settings)
+    if init_checkpoint:
+        prov["initFromCheckpoint"] = init_checkpoint
+    if observed.source_error:
+        cond("SourceResolved", False, "SourceUnresolved", observed.source_error)
+    elif prov.get("gitCommit"):
+        cond("SourceResolved", True, "CommitKnown", f"commit {prov['gitCommit']}")
+
+    job_was_created = (condition(conditions, "JobCreated") or {}).get("status") == "True"
+    if observed.job is None and job_was_created:
+        status["provenance"] = prov
+        return finish("Failed", "JobDeleted", f"the training Job {train_job} was deleted")
+
+    state: TrainingState
+    if observed.job is None:
+        resolved = ResolvedExperiment(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta["uid"],
+            spec=merged,
+            annotations=dict(meta.get("annotations") or {}),
+            init_checkpoint=init_checkpoint,
+        )
+        plan.create = render_children(resolved, settings)
+        state = TrainingState("Pending", "JobCreated", f"created the training Job {train_job}")
+    else:
+        state = training_state(observed.job, observed.pods)
+    cond("JobCreated", True, "JobCreated", f"training Job {train_job}")
+    status["jobs"] = {**(status.get("jobs") or {}), "train": train_job}
+    if state.started_at:
+        prov["startedAt"] = state.started_at
+    if state.completed_at:
+        prov["completedAt"] = state.completed_at
+    status["provenance"] = prov
+    running = state.phase == "Running"
+    cond("Running", running, state.reason, state.message)
+    if state.phase in TERMINAL:
+        cond("Completed", state.phase == "Succeeded", state.reason, state.message)
+    return finish(state.phase, state.reason, state.message)
+
+
+def _resolve_spec(spec: dict[str, Any], observed: Observed, api: ApiFunctions) -> dict[str, Any]:
+    merged = spec
+    ref = spec.get("templateRef")
+    if ref:
+        if observed.template_spec is None:
+            raise SpecProblem(
+                "TemplateNotFound",
+                f"spec.templateRef: ExperimentTemplate {ref!r} not found in this namespace",
+            )
+        merged = api.merge_template(observed.template_spec, spec)
+    try:
+        return api.validate(merged)
+    except ValueError as exc:
+        origin = f" (after merging template {ref!r})" if ref else ""
+        raise SpecProblem("InvalidSpec", f"invalid spec{origin}: {exc}") from exc
+
+
+def _resolve_init_from(
+    meta: dict[str, Any], merged: dict[str, Any], observed: Observed, old: dict[str, Any]
+) -> str | None:
+    init_from = merged.get("initFrom") or {}
+    ref_name = init_from.get("experiment")
+    if not ref_name:
+        return None
+    known = (old.get("provenance") or {}).get("initFromCheckpoint")
+    if known:
+        return str(known)  # fixed once the Job was rendered with it
+    _init_from_chain(meta["name"], ref_name, observed.experiments)
+    ref = observed.experiments.get(ref_name)
+    if ref is None:
+        raise SpecProblem(
+            "WaitingForExperiment",
+            f"waiting for experiment {ref_name!r} (spec.initFrom.experiment) to be created",
+        )
+    ref_phase = (ref.get("status") or {}).get("phase") or "Pending"
+    if ref_phase == "Failed":
+        raise SpecProblem(
+            "InitFromFailed",
+            f"experiment {ref_name!r} (spec.initFrom.experiment) failed; nothing to start from",
+            phase="Failed",
+        )
+    if ref_phase != "Succeeded":
+        raise SpecProblem(
+            "WaitingForExperiment",
+            f"waiting for experiment {ref_name!r} (spec.initFrom.experiment) to succeed; "
+            f"it is {ref_phase}",
+        )
+    return _init_checkpoint(meta["namespace"], merged, init_from, ref)

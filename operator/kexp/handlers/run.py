@@ -1,0 +1,48 @@
+"""``kexp-operator``: run the operator (the same as ``kopf run -m kexp.handlers``).
+
+    kexp-operator --all-namespaces
+    kexp-operator --namespace research --namespace 'team-*'
+
+Environment: ``KEXP_TRAINER_IMAGE`` (default trainer image), ``KEXP_OPERATOR_METRICS_PORT``
+(Prometheus metrics, default 8080; 0 turns them off), ``KUBECONFIG`` outside a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+
+import kexp.handlers  # noqa: F401 - registers the handlers
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and run the operator until it is stopped."""
+    parser = argparse.ArgumentParser(prog="kexp-operator", description=__doc__.splitlines()[0])
+    scope = parser.add_mutually_exclusive_group(required=True)
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch every namespace.")
+    scope.add_argument(
+        "-n", "--namespace", action="append", help="Watch this namespace or glob (repeatable)."
+    )
+    parser.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8081/healthz",
+        help="Liveness endpoint for probes (default: %(default)s).",
+    )
+    parser.add_argument("--verbose", action="store_true", help="Debug logging.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    kopf.run(
+        standalone=True,
+        clusterwide=bool(args.all_namespaces),
+        namespaces=args.namespace or [],
+        liveness_endpoint=args.liveness,
+    )
+
+
+if __name__ == "__main__":
+    main()

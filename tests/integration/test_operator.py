@@ -1,0 +1,313 @@
+"""The operator on the real stack: phases, failures, multi-node, cascade, templates, initFrom."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+from minio import Minio
+
+from kexp.api import contract
+from kexp.dev.stack import Stack
+from tests.conftest import OperatorProcess
+
+pytestmark = pytest.mark.stack
+T = TypeVar("T")
+GROUP, VERSION = "kexp.io", "v1alpha1"
+
+
+def wait_until(fn: Callable[[], T | None], *, timeout_s: float = 45, what: str = "") -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def experiment(name: str, **spec: Any) -> dict[str, Any]:
+    annotations = spec.pop("annotations", {})
+    body: dict[str, Any] = {
+        "algorithm": "PPO",
+        "environment": {"id": "CartPole-v1"},
+        "training": {"totalSteps": 1000},
+        "source": {"repository": "https://example.org/lab.git", "commit": "c" * 40},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Experiment",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": body,
+    }
+
+
+class Lab:
+    """Create and read Experiments in one namespace."""
+
+    def __init__(self, kube: Any, namespace: str) -> None:
+        self.ns = namespace
+        self.custom = client.CustomObjectsApi(kube)
+        self.core = client.CoreV1Api(kube)
+        self.batch = client.BatchV1Api(kube)
+
+    def create(self, body: dict[str, Any], plural: str = "experiments") -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.ns, plural, body
+        )
+        return obj
+
+    def get(self, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.ns, "experiments", name
+        )
+        return obj
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get(name).get("status") or {}
+
+    def wait_phase(self, name: str, phase: str, timeout_s: float = 45) -> dict[str, Any]:
+        return wait_until(
+            lambda: s if (s := self.status(name)).get("phase") == phase else None,
+            timeout_s=timeout_s,
+            what=f"{name} to be {phase} (now {self.status(name).get('phase')})",
+        )
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        items = self.core.list_namespaced_event(
+            self.ns, field_selector=f"involvedObject.name={name},involvedObject.kind=Experiment"
+        ).items
+        return [(e.type, e.reason, e.message) for e in items]
+
+    def jobs(self, name: str) -> list[Any]:
+        return list(
+            self.batch.list_namespaced_job(
+                self.ns, label_selector=f"{contract.LABEL_EXPERIMENT}={name}"
+            ).items
+        )
+
+
+@pytest.fixture
+def lab(kube: Any, namespace: str, operator: OperatorProcess) -> Lab:
+    return Lab(kube, namespace)
+
+
+def test_experiment_goes_pending_running_succeeded_with_events(lab: Lab) -> None:
+    lab.create(experiment("walk", annotations={"sim.kexp.io/run-for": "4s"}, tags=["smoke"]))
+    running = lab.wait_phase("walk", "Running")
+    assert running["jobs"] == {"train": "walk-train"}
+    conditions = {c["type"]: c["status"] for c in running["conditions"]}
+    assert conditions == {
+        "Validated": "True",
+        "JobCreated": "True",
+        "Running": "True",
+        "SourceResolved": "True",
+    }
+    done = lab.wait_phase("walk", "Succeeded")
+    prov = done["provenance"]
+    assert prov["gitCommit"] == "c" * 40
+    assert prov["image"] == "kexp/trainer:test"
+    assert len(prov["configHash"]) == 16
+    assert prov["submittedAt"] <= prov["startedAt"] <= prov["completedAt"]
+    assert done["observedGeneration"] == 1
+    reasons = [r for _t, r, _m in lab.events("walk")]
+    for expected in ("JobCreated", "PodRunning", "JobComplete"):
+        assert expected in reasons
+    labels = lab.get("walk")["metadata"]["labels"]
+    assert labels["kexp.io/tag.smoke"] == "true"
+    assert len(lab.jobs("walk")) == 1
+
+
+def test_oom_killed_trainer_fails_the_experiment_with_the_reason(lab: Lab) -> None:
+    annotations = {"sim.kexp.io/exit-code": "137", "sim.kexp.io/reason": "OOMKilled"}
+    lab.create(experiment("oom", annotations=annotations, retry={"backoffLimit": 0}))
+    failed = lab.wait_phase("oom", "Failed")
+    assert failed["reason"] == "OOMKilled"
+    assert "exit code 137 (OOMKilled)" in failed["message"]
+    warning = wait_until(
+        lambda: next(
+            (m for t, r, m in lab.events("oom") if (t, r) == ("Warning", "OOMKilled")), None
+        ),
+        what="OOMKilled Warning event",
+    )
+    assert "backoff limit" in warning  # the Job's own words, then the pod's
+    assert "exit code 137 (OOMKilled)" in warning
+
+
+def test_a_run_past_its_deadline_fails_with_deadline_exceeded(lab: Lab) -> None:
+    lab.create(
+        experiment(
+            "slow",
+            annotations={"sim.kexp.io/run-for": "60s"},
+            retry={"backoffLimit": 0, "activeDeadlineSeconds": 2},
+        )
+    )
+    failed = lab.wait_phase("slow", "Failed")
+    assert failed["reason"] == "DeadlineExceeded"
+
+
+def test_an_unschedulable_gpu_request_surfaces_as_a_warning(lab: Lab) -> None:
+    lab.create(experiment("huge", resources={"gpus": 64}))
+    status = wait_until(
+        lambda: s if (s := lab.status("huge")).get("reason") == "Unschedulable" else None,
+        what="Unschedulable",
+    )
+    assert status["phase"] == "Pending"
+    assert "nvidia.com/gpu" in status["message"]
+    assert any(t == "Warning" and r == "Unschedulable" for t, r, _ in lab.events("huge"))
+
+
+def test_multi_node_run_is_an_indexed_job_with_a_rendezvous_service(lab: Lab) -> None:
+    lab.create(
+        experiment(
+            "ddp",
+            algorithm="BC",
+            expertData="s3://datasets/highway/expert-v1/",
+            resources={"nodes": 2, "gpus": 4, "cpu": "8", "memory": "32Gi"},
+            annotations={"sim.kexp.io/run-for": "2s"},
+        )
+    )
+    lab.wait_phase("ddp", "Succeeded")
+    (job,) = lab.jobs("ddp")
+    assert job.spec.completion_mode == "Indexed"
+    assert (job.spec.completions, job.spec.parallelism) == (2, 2)
+    service = lab.core.read_namespaced_service("ddp-ddp", lab.ns)
+    assert service.spec.cluster_ip == "None"
+    pods = lab.core.list_namespaced_pod(lab.ns, label_selector="kexp.io/experiment=ddp").items
+    assert sorted(
+        p.metadata.annotations["batch.kubernetes.io/job-completion-index"] for p in pods
+    ) == ["0", "1"]
+    assert {p.spec.subdomain for p in pods} == {"ddp-ddp"}
+    assert len({p.spec.node_name for p in pods}) == 2  # 4 GPUs each: one pod per GPU node
+
+
+def test_deleting_an_experiment_removes_its_children_but_not_its_s3_data(
+    lab: Lab, s3: Minio
+) -> None:
+    created = lab.create(experiment("gone", annotations={"sim.kexp.io/run-for": "30s"}))
+    lab.wait_phase("gone", "Running")
+    key = contract.s3_prefix(lab.ns, "gone", created["metadata"]["uid"]) + "results.json"
+    s3.put_object(contract.DEFAULT_BUCKET, key, io.BytesIO(b"{}"), 2)
+
+    lab.custom.delete_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        lab.ns,
+        "experiments",
+        "gone",
+        body=client.V1DeleteOptions(propagation_policy="Foreground"),
+    )
+    wait_until(lambda: not lab.jobs("gone"), what="Job garbage-collected")
+    wait_until(
+        lambda: (
+            not lab.core.list_namespaced_config_map(
+                lab.ns, label_selector="kexp.io/experiment=gone"
+            ).items
+        ),
+        what="ConfigMap garbage-collected",
+    )
+    assert s3.stat_object(contract.DEFAULT_BUCKET, key).size == 2
+
+
+def test_template_missing_then_created(lab: Lab) -> None:
+    lab.create(
+        {
+            **experiment("from-tpl"),
+            "spec": {"templateRef": "ppo-smoke", "hyperparameters": {"learningRate": 0.01}},
+        }
+    )
+    status = wait_until(
+        lambda: s if (s := lab.status("from-tpl")).get("reason") == "TemplateNotFound" else None,
+        what="TemplateNotFound",
+    )
+    validated = next(c for c in status["conditions"] if c["type"] == "Validated")
+    assert validated["status"] == "False"
+    assert "ppo-smoke" in validated["message"]
+    assert any(r == "TemplateNotFound" for _t, r, _m in lab.events("from-tpl"))
+
+    lab.create(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ExperimentTemplate",
+            "metadata": {"name": "ppo-smoke"},
+            "spec": {
+                "algorithm": "PPO",
+                "environment": {"id": "CartPole-v1"},
+                "hyperparameters": {"learningRate": 0.0003, "gamma": 0.99},
+                "training": {"totalSteps": 5000},
+            },
+        },
+        plural="experimenttemplates",
+    )
+    lab.wait_phase("from-tpl", "Succeeded")
+    cm = lab.core.read_namespaced_config_map("from-tpl-config", lab.ns)
+    assert "learningRate: 0.01" in cm.data["config.yaml"]
+    assert "gamma: 0.99" in cm.data["config.yaml"]
+
+
+def test_init_from_waits_for_the_first_experiment_and_passes_its_checkpoint(lab: Lab) -> None:
+    lab.create(experiment("rl", algorithm="CIMRL", initFrom={"experiment": "bc"}))
+    waiting = lab.wait_phase("rl", "Waiting")
+    assert "'bc'" in waiting["message"]
+    bc = lab.create(
+        experiment(
+            "bc",
+            algorithm="BC",
+            expertData="s3://datasets/x/",
+            annotations={"sim.kexp.io/run-for": "2s"},
+        )
+    )
+    assert lab.status("rl").get("phase") == "Waiting"
+    lab.wait_phase("bc", "Succeeded")
+    done = lab.wait_phase("rl", "Succeeded")
+    uri = f"s3://experiments/{lab.ns}/bc/{bc['metadata']['uid']}/checkpoints/best.pt"
+    assert done["provenance"]["initFromCheckpoint"] == uri
+    cm = lab.core.read_namespaced_config_map("rl-config", lab.ns)
+    assert f"initCheckpoint: {uri}" in cm.data["config.yaml"]
+
+
+def test_init_from_cycle_is_reported(lab: Lab) -> None:
+    lab.create(experiment("a", initFrom={"experiment": "b"}))
+    lab.create(experiment("b", initFrom={"experiment": "a"}))
+    for name, chain in (("a", "a -> b -> a"), ("b", "b -> a -> b")):
+        failed = lab.wait_phase(name, "Failed")
+        assert failed["reason"] == "InitFromCycle"
+        assert chain in failed["message"]
+    assert lab.jobs("a") == []
+    assert lab.jobs("b") == []
+
+
+def test_operator_crash_between_job_create_and_status_write_creates_no_second_job(
+    stack: Stack, kube: Any, crds: None, tmp_path: Any
+) -> None:
+    from kexp.dev import cluster
+
+    ns = f"r-crash-{int(time.time())}"
+    cluster.ensure_namespace(kube, ns)
+    lab = Lab(kube, ns)
+    try:
+        crashing = OperatorProcess(
+            stack, [ns], tmp_path / "op1.log", env={"KEXP_FAULT_EXIT_AFTER_CREATING": "Job"}
+        )
+        crashing.wait_ready()
+        lab.create(experiment("once", annotations={"sim.kexp.io/run-for": "2s"}))
+        assert crashing.proc.wait(timeout=60) == 17  # died right after creating the Job
+        assert len(lab.jobs("once")) == 1
+        assert "jobs" not in lab.status("once")  # the status write never happened
+
+        healthy = OperatorProcess(stack, [ns], tmp_path / "op2.log")
+        try:
+            healthy.wait_ready()
+            done = lab.wait_phase("once", "Succeeded")
+            assert done["jobs"]["train"] == "once-train"
+            assert len(lab.jobs("once")) == 1
+        finally:
+            healthy.stop()
+    finally:
+        client.CoreV1Api(kube).delete_namespace(ns)
