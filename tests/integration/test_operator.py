@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -311,3 +312,135 @@ def test_operator_crash_between_job_create_and_status_write_creates_no_second_jo
             healthy.stop()
     finally:
         client.CoreV1Api(kube).delete_namespace(ns)
+
+
+@pytest.fixture
+def unwatched_namespace(kube: Any, stack: Stack) -> Any:
+    """A namespace the session operator does not watch (it watches t-*)."""
+    from kexp.dev import cluster
+
+    name = f"r-{secrets.token_hex(4)}"
+    cluster.ensure_namespace(kube, name)
+    yield name
+    client.CoreV1Api(kube).delete_namespace(name)
+
+
+def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
+    stack: Stack, kube: Any, unwatched_namespace: str, crds: None
+) -> None:
+    """Runs one pass in-process on a stale copy, so the real API server answers 409."""
+    namespace = unwatched_namespace
+    import asyncio
+
+    import kopf
+
+    from kexp.handlers.experiments import reconcile
+    from kexp.handlers.metrics import OperatorMetrics
+    from kexp.kube import aio
+    from kexp.render.settings import RenderSettings
+
+    lab = Lab(kube, namespace)
+    stale = lab.create(experiment("race"))
+    # Someone else writes first: the copy the pass starts from is now out of date.
+    lab.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "experiments", "race", {"metadata": {"labels": {"x": "y"}}}
+    )
+
+    posted: list[tuple[str, str]] = []
+
+    async def one_pass() -> OperatorMetrics:
+        memo = kopf.Memo()
+        memo.post_event = lambda _body, kind, reason, _message: posted.append((kind, reason))
+        memo.kube = aio.Kube(await aio.connect(str(stack.kubeconfig)))
+        memo.metrics = OperatorMetrics()
+        memo.render = RenderSettings(trainer_image="kexp/trainer:test")
+        memo.locks, memo.failures, memo.retries = {}, {}, {}
+        empty: dict[Any, Any] = {}
+        try:
+            await reconcile(memo, namespace, "race", stale, (empty, empty, empty, empty))
+        finally:
+            await memo.kube.close()
+        return memo.metrics
+
+    metrics = asyncio.run(one_pass())
+    assert metrics.reconciles.labels(result="conflict")._value.get() == 1
+    assert metrics.reconciles.labels(result="ok")._value.get() == 1
+    status = lab.status("race")
+    assert status["phase"] == "Pending"
+    assert status["jobs"] == {"train": "race-train"}
+    assert lab.get("race")["metadata"]["labels"]["x"] == "y"  # the other write survived
+    assert len(lab.jobs("race")) == 1
+    assert posted == [("Normal", "JobCreated")]  # posted once, after the write that won
+
+
+def test_a_branch_is_resolved_to_its_commit_with_git_ls_remote(lab: Lab, tmp_path: Any) -> None:
+    import subprocess
+
+    repo = tmp_path / "lab.git"
+    work = tmp_path / "work"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    (work / "train.py").write_text("print('hi')\n")
+    subprocess.run([*git, "-C", str(work), "add", "."], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-q", "-m", "x"], check=True)
+    subprocess.run([*git, "-C", str(work), "push", "-q", str(repo), "main"], check=True)
+    head = subprocess.run(
+        ["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+    body = experiment("from-branch")
+    body["spec"]["source"] = {"repository": f"file://{repo}", "revision": "main"}
+    lab.create(body)
+    status = wait_until(
+        lambda: (
+            s if (s := lab.status("from-branch")).get("provenance", {}).get("gitCommit") else None
+        ),
+        what="commit resolved",
+    )
+    assert status["provenance"]["gitCommit"] == head
+    assert status["provenance"]["gitBranch"] == "main"
+
+    body = experiment("bad-branch")
+    body["spec"]["source"] = {"repository": f"file://{repo}", "revision": "nope"}
+    lab.create(body)
+
+    def source_condition() -> dict[str, Any] | None:
+        conditions = lab.status("bad-branch").get("conditions", [])
+        return next((c for c in conditions if c["type"] == "SourceResolved"), None)
+
+    cond = wait_until(source_condition, what="SourceResolved condition")
+    assert cond["status"] == "False"
+    assert "'nope' not found" in cond["message"]
+
+
+def test_operator_metrics_pass_promtool_and_reach_prometheus(
+    lab: Lab, operator: OperatorProcess, stack: Stack
+) -> None:
+    import subprocess
+    import urllib.request
+
+    lab.create(experiment("counted"))
+    lab.wait_phase("counted", "Succeeded")
+    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    assert "kexp_operator_reconcile_duration_seconds_bucket" in text
+    check = subprocess.run(
+        [str(stack.bin_dir / "promtool"), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    prom = stack.prometheus()
+    prom.add_target("kexp-operator-test", f"127.0.0.1:{operator.metrics_port}")
+    try:
+        result = prom.wait_for(
+            'kexp_operator_experiments{job="kexp-operator-test",phase="Succeeded"} >= 1'
+        )
+        assert float(result[0]["value"][1]) >= 1
+    finally:
+        prom.remove_target("kexp-operator-test")

@@ -61,10 +61,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         await aio.connect(), on_error=lambda op: metrics.api_errors.labels(operation=op).inc()
     )
     memo.render = RenderSettings.from_env()
+    memo.post_event = post_event
     memo.locks = {}
     memo.failures = {}
     memo.retries = {}
     log.info("kexp operator started; trainer image %s", memo.render.trainer_image)
+
+
+def post_event(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+    """An Event on the Experiment (kopf posts them in the background, batched)."""
+    kopf.event(kopf.Body(cast("kopf.RawBody", body)), type=kind, reason=reason, message=message)
 
 
 @kopf.on.cleanup()
@@ -245,23 +251,19 @@ async def _carry_out(memo: kopf.Memo, body: dict[str, Any], plan: Plan) -> None:
     kube: aio.Kube = memo.kube
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
+    resource_version = meta["resourceVersion"]
     if plan.labels:
-        await kube.patch_experiment_labels(ns, name, plan.labels)
+        # The label write bumps resourceVersion; the status write must not conflict with it.
+        resource_version = await kube.patch_experiment_labels(ns, name, plan.labels)
     for child in plan.create:
         created = await kube.create_if_absent(child)
         if created and child["kind"] == os.environ.get("KEXP_FAULT_EXIT_AFTER_CREATING"):
             # Fault injection for the crash-recovery test: die between create and status write.
             os._exit(17)
-        if created and child["kind"] == "Job":
-            kopf.info(
-                kopf.Body(cast("kopf.RawBody", body)),
-                reason="JobCreated",
-                message=f"created training Job {child['metadata']['name']}",
-            )
     if plan.status != (body.get("status") or {}):
-        await kube.patch_experiment_status(ns, name, plan.status, meta["resourceVersion"])
+        await kube.patch_experiment_status(ns, name, plan.status, resource_version)
     for kind, reason, message in plan.events:
-        kopf.event(kopf.Body(cast("kopf.RawBody", body)), type=kind, reason=reason, message=message)
+        memo.post_event(body, kind, reason, message)
 
 
 async def reconcile(

@@ -159,10 +159,10 @@ class Kube:
 
     async def patch_experiment_labels(
         self, namespace: str, name: str, labels: dict[str, str | None]
-    ) -> None:
-        """Merge-patch labels (None removes one)."""
+    ) -> str:
+        """Merge-patch labels (None removes one); returns the new resourceVersion."""
         try:
-            await self.custom.patch_namespaced_custom_object(
+            obj: dict[str, Any] = await self.custom.patch_namespaced_custom_object(
                 GROUP,
                 VERSION,
                 namespace,
@@ -173,5 +173,5 @@ class Kube:
             )
         except ApiException as exc:
             self._failed("patch_labels", exc)
-            if exc.status != 404:
-                raise
+            raise
+        return str(obj["metadata"]["resourceVersion"])
