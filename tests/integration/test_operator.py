@@ -326,7 +326,11 @@ def unwatched_namespace(kube: Any, stack: Stack) -> Any:
 
 
 def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
-    stack: Stack, kube: Any, unwatched_namespace: str, crds: None
+    stack: Stack,
+    kube: Any,
+    unwatched_namespace: str,
+    crds: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Runs one pass in-process on a stale copy, so the real API server answers 409."""
     namespace = unwatched_namespace
@@ -339,6 +343,7 @@ def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
     from kexp.kube import aio
     from kexp.render.settings import RenderSettings
 
+    monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))
     lab = Lab(kube, namespace)
     stale = lab.create(experiment("race"))
     # Someone else writes first: the copy the pass starts from is now out of date.
@@ -351,10 +356,10 @@ def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
     async def one_pass() -> OperatorMetrics:
         memo = kopf.Memo()
         memo.post_event = lambda _body, kind, reason, _message: posted.append((kind, reason))
-        memo.kube = aio.Kube(await aio.connect(str(stack.kubeconfig)))
+        memo.kube = aio.Kube.connect(kopf.OperatorSettings())
         memo.metrics = OperatorMetrics()
         memo.render = RenderSettings(trainer_image="kexp/trainer:test")
-        memo.locks, memo.failures, memo.retries = {}, {}, {}
+        memo.locks, memo.bodies, memo.failures, memo.retries = {}, {}, {}, {}
         empty: dict[Any, Any] = {}
         try:
             await reconcile(memo, namespace, "race", stale, (empty, empty, empty, empty))

@@ -501,3 +501,36 @@ def test_a_custom_trainer_needs_no_environment() -> None:
 
     spec = {"algorithm": "Custom", "training": {"totalSteps": 5}, "trainer": {"image": "x:1"}}
     assert validate_spec(spec)["algorithm"] == "Custom"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"algorithm": "Custom", "training": {"totalSteps": 5}},
+            "spec.trainer.image: required when spec.algorithm is Custom",
+        ),
+        (
+            {"algorithm": "GAIL", "environment": {"id": "x"}, "training": {"totalSteps": 5}},
+            "spec.expertData: required for GAIL",
+        ),
+        (
+            {
+                "algorithm": "PPO",
+                "environment": {"id": "x"},
+                "training": {"totalSteps": 5},
+                "sweep": {
+                    "numSamples": 4,
+                    "searchAlgorithm": "tpe",
+                    "parameters": {"batchSize": {"grid": [32, 64]}},
+                },
+            },
+            "spec.sweep.parameters.batchSize.grid: the tpe search cannot sample a grid",
+        ),
+    ],
+)
+def test_cross_field_rules_that_need_the_merged_spec(spec: dict[str, Any], message: str) -> None:
+    from kexp.api.validation import validate_spec
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate_spec(spec)

@@ -9,6 +9,9 @@ from pydantic import ValidationError
 
 from kexp.api.models import ExperimentSpec
 
+#: Algorithms that learn from demonstrations and so need ``spec.expertData``.
+IMITATION_ALGORITHMS = frozenset({"BC", "GAIL", "CIMRL"})
+
 
 def describe_errors(exc: ValidationError, root: str = "spec") -> str:
     """``spec.a.b: message; spec.c: message`` from a pydantic error, one entry per problem."""
@@ -37,5 +40,20 @@ def validate_spec(merged: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(
                 f"spec.{'.'.join(path)}: required, and neither the Experiment nor its "
                 f"template sets it"
+            )
+    algorithm = resolved["algorithm"]
+    if algorithm == "Custom" and not (resolved.get("trainer") or {}).get("image"):
+        raise ValueError("spec.trainer.image: required when spec.algorithm is Custom")
+    if algorithm in IMITATION_ALGORITHMS and not resolved.get("expertData"):
+        raise ValueError(
+            f"spec.expertData: required for {algorithm} (an s3:// URI of expert demonstrations)"
+        )
+    sweep = resolved.get("sweep") or {}
+    if sweep.get("searchAlgorithm") == "tpe":
+        grids = sorted(n for n, p in (sweep.get("parameters") or {}).items() if "grid" in p)
+        if grids:
+            raise ValueError(
+                f"spec.sweep.parameters.{grids[0]}.grid: the tpe search cannot sample a grid; "
+                "use choice, or searchAlgorithm grid"
             )
     return resolved

@@ -41,10 +41,24 @@ def read_cmdline(pid: int) -> list[str] | None:
     return raw.rstrip(b"\0").decode(errors="replace").split("\0")
 
 
+def _state(pid: int) -> str | None:
+    """The process state letter from /proc (R, S, Z, ...), None if there is no such pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
 def is_ours(record: PidRecord) -> bool:
     """True when the pid is alive and still runs the binary we started."""
     argv = read_cmdline(record.pid)
-    return bool(argv) and argv is not None and argv[0] == record.argv0
+    if argv is None:
+        # Just after exec the kernel can briefly show an empty command line; a live,
+        # non-zombie process with our pid file is still starting, not gone.
+        state = _state(record.pid)
+        return state is not None and state not in ("Z", "X")
+    return argv[0] == record.argv0
 
 
 def read_pid_file(path: Path) -> PidRecord | None:

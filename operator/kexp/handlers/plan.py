@@ -9,7 +9,6 @@ cluster.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -176,10 +175,11 @@ def plan_pass(
     """Decide one reconcile pass of ``body`` (an Experiment as read from the API)."""
     meta = body["metadata"]
     spec: dict[str, Any] = body.get("spec") or {}
-    old: dict[str, Any] = copy.deepcopy(body.get("status") or {})
+    old: dict[str, Any] = body.get("status") or {}
     generation = meta.get("generation")
     plan = Plan(labels=wanted_labels(meta, spec))
-    status: dict[str, Any] = copy.deepcopy(old)
+    # Shallow is enough: the pass replaces nested values, it never edits them in place.
+    status: dict[str, Any] = dict(old)
     status["observedGeneration"] = generation
     conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
     train_job = names.train_job_name(meta["name"])

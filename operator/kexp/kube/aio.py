@@ -1,135 +1,102 @@
-"""The operator's async Kubernetes client: the few calls it makes, as plain dicts.
+"""The operator's calls to the Kubernetes API, as plain dicts over ``kexp.kube.rest``.
 
-Everything the handlers read or write goes through here, so no handler blocks the event loop
-and every API error is counted in one place.
+Everything the handlers write goes through here, so no handler blocks the event loop and
+every API error is counted in one place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
+import kopf
 
-GROUP = "kexp.io"
-VERSION = "v1alpha1"
-EXPERIMENTS = "experiments"
-TEMPLATES = "experimenttemplates"
+from kexp.kube.rest import ApiError, Rest, login
+
+GROUP: Final = "kexp.io"
+VERSION: Final = "v1alpha1"
+EXPERIMENTS: Final = "experiments"
+TEMPLATES: Final = "experimenttemplates"
+MERGE_PATCH: Final = "application/merge-patch+json"
+
+_COLLECTIONS: Final = {
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
+    "Experiment": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{EXPERIMENTS}",
+}
 
 
 class Conflict(Exception):
     """A write lost an optimistic-concurrency race (HTTP 409): re-read and try again."""
 
 
-async def connect(kubeconfig: str | None = None) -> client.ApiClient:
-    """An ApiClient from the in-cluster service account, else the kubeconfig."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        await config.load_kube_config(config_file=kubeconfig)
-    return client.ApiClient()
+def experiment_path(namespace: str, name: str) -> str:
+    return _COLLECTIONS["Experiment"].format(ns=namespace) + f"/{name}"
 
 
 class Kube:
-    """Typed-at-the-edges wrapper over kubernetes_asyncio for the operator's calls."""
+    """The operator's API calls."""
 
-    def __init__(self, api: client.ApiClient, on_error: Callable[[str], None] | None = None):
-        self.api = api
-        self.core = client.CoreV1Api(api)
-        self.batch = client.BatchV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
+    def __init__(self, rest: Rest, on_error: Callable[[str], None] | None = None) -> None:
+        self.rest = rest
         self._on_error = on_error or (lambda _op: None)
 
+    @classmethod
+    def connect(
+        cls, settings: kopf.OperatorSettings, on_error: Callable[[str], None] | None = None
+    ) -> Kube:
+        """A client with the operator's credentials (service account, else kubeconfig)."""
+        return cls(Rest(login(settings)), on_error)
+
     async def close(self) -> None:
-        await self.api.close()
+        await self.rest.close()
 
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        data: dict[str, Any] = self.api.sanitize_for_serialization(obj)
-        return data
-
-    def _failed(self, operation: str, exc: ApiException) -> None:
+    def _failed(self, operation: str, exc: ApiError) -> None:
         if exc.status not in (404, 409):
             self._on_error(operation)
 
-    # ---- reads ---------------------------------------------------------------------------
     async def get_experiment(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            obj: dict[str, Any] = await self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, EXPERIMENTS, name
-            )
-            return obj
-        except ApiException as exc:
+            return await self.rest.request("GET", experiment_path(namespace, name))
+        except ApiError as exc:
             self._failed("get_experiment", exc)
             if exc.status == 404:
                 return None
             raise
 
-    async def get_template(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            obj: dict[str, Any] = await self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, TEMPLATES, name
+            return await self.rest.request(
+                "GET", _COLLECTIONS["Job"].format(ns=namespace) + f"/{name}"
             )
-            return obj
-        except ApiException as exc:
-            self._failed("get_template", exc)
+        except ApiError as exc:
+            self._failed("get_job", exc)
             if exc.status == 404:
                 return None
             raise
 
     async def list_experiments(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         try:
-            result = await self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, EXPERIMENTS, label_selector=label_selector
+            result = await self.rest.request(
+                "GET",
+                _COLLECTIONS["Experiment"].format(ns=namespace),
+                params={"labelSelector": label_selector},
             )
-        except ApiException as exc:
+        except ApiError as exc:
             self._failed("list_experiments", exc)
             raise
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 
-    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._plain(await self.batch.read_namespaced_job(name, namespace))
-        except ApiException as exc:
-            self._failed("get_job", exc)
-            if exc.status == 404:
-                return None
-            raise
-
-    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        try:
-            pods = await self.core.list_namespaced_pod(namespace, label_selector=label_selector)
-        except ApiException as exc:
-            self._failed("list_pods", exc)
-            raise
-        return [self._plain(p) for p in pods.items]
-
-    async def secret_exists(self, namespace: str, name: str) -> bool:
-        """Whether a Secret exists; only metadata matters, the data is never looked at."""
-        try:
-            await self.core.read_namespaced_secret(name, namespace)
-            return True
-        except ApiException as exc:
-            self._failed("get_secret", exc)
-            if exc.status == 404:
-                return False
-            raise
-
-    # ---- writes --------------------------------------------------------------------------
     async def create_if_absent(self, obj: dict[str, Any]) -> bool:
         """Create ``obj``; True if created now, False if it already existed (409)."""
         kind = obj["kind"]
-        ns = obj["metadata"]["namespace"]
-        creators = {
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Service": self.core.create_namespaced_service,
-            "Job": self.batch.create_namespaced_job,
-        }
+        path = _COLLECTIONS[kind].format(ns=obj["metadata"]["namespace"])
         try:
-            await creators[kind](ns, obj)
+            await self.rest.request("POST", path, body=obj)
             return True
-        except ApiException as exc:
+        except ApiError as exc:
             self._failed(f"create_{kind.lower()}", exc)
             if exc.status == 409:
                 return False
@@ -141,17 +108,13 @@ class Kube:
         """Merge-patch ``status`` guarded by ``resource_version``; Conflict when it is stale."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
         try:
-            obj: dict[str, Any] = await self.custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                namespace,
-                EXPERIMENTS,
-                name,
-                body,
-                _content_type="application/merge-patch+json",
+            return await self.rest.request(
+                "PATCH",
+                experiment_path(namespace, name) + "/status",
+                body=body,
+                content_type=MERGE_PATCH,
             )
-            return obj
-        except ApiException as exc:
+        except ApiError as exc:
             self._failed("patch_status", exc)
             if exc.status == 409:
                 raise Conflict(f"experiment {namespace}/{name} changed meanwhile") from exc
@@ -159,19 +122,15 @@ class Kube:
 
     async def patch_experiment_labels(
         self, namespace: str, name: str, labels: dict[str, str | None]
-    ) -> str:
-        """Merge-patch labels (None removes one); returns the new resourceVersion."""
+    ) -> dict[str, Any]:
+        """Merge-patch labels (None removes one); returns the updated Experiment."""
         try:
-            obj: dict[str, Any] = await self.custom.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                EXPERIMENTS,
-                name,
-                {"metadata": {"labels": labels}},
-                _content_type="application/merge-patch+json",
+            return await self.rest.request(
+                "PATCH",
+                experiment_path(namespace, name),
+                body={"metadata": {"labels": labels}},
+                content_type=MERGE_PATCH,
             )
-        except ApiException as exc:
+        except ApiError as exc:
             self._failed("patch_labels", exc)
             raise
-        return str(obj["metadata"]["resourceVersion"])

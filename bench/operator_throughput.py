@@ -1,0 +1,314 @@
+"""Operator throughput: N Experiments applied at once, against the same N Jobs created directly.
+
+Goals (API issue): Experiments reconciled at >= 0.5x the direct client's Job-creation rate,
+apply->Job-created latency p99 <= 2 s, operator peak RSS <= 200 MB.
+
+In one run on one local stack (started if needed, in its own state dir):
+
+1. *direct*: an async client creates N Jobs (rendered by kexp's own renderer, so the objects
+   are the same) with up to ``--concurrency`` requests in flight: this machine's limit.
+2. *operator*: ``kexp-operator`` runs as a separate process; N Experiments are applied with the
+   same concurrency; a watch on Jobs records when each Experiment's Job appears. The
+   operator's CPU time and peak RSS are read from /proc. kwok completes the pods, and the run
+   also reports when all N reached Succeeded.
+
+API 429 responses are counted by the API server itself (apiserver_request_total{code="429"}).
+
+    .venv/bin/python -m bench.operator_throughput --count 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from kexp.dev import cluster
+from kexp.dev.stack import Stack
+from kexp.kube.client import sync_api_client
+from kexp.kube.crds import apply_crds, load_crds
+from kexp.kube.rest import ApiError, Rest, login
+from kexp.render.resolved import ResolvedExperiment
+from kexp.render.settings import RenderSettings
+from kexp.render.training import render_train_job
+
+REPO = Path(__file__).resolve().parent.parent
+GOALS = {"rate_ratio": 0.5, "p99_s": 2.0, "rss_mb": 200.0}
+
+
+def spec() -> dict[str, Any]:
+    return {
+        "algorithm": "PPO",
+        "environment": {"id": "CartPole-v1"},
+        "training": {"totalSteps": 1000},
+        "resources": {"cpu": "10m", "memory": "16Mi"},
+    }
+
+
+def count_429(stack: Stack) -> int:
+    """Total 429s the API server has answered so far, from its own metrics."""
+    ctx = ssl.create_default_context(cafile=str(stack.pki.ca_cert))
+    req = urllib.request.Request(f"{stack.api_url()}/metrics")  # noqa: S310
+    req.add_header("Authorization", f"Bearer {stack.pki.admin_token.read_text().strip()}")
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:  # noqa: S310
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{") and 'code="429"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+async def bounded(concurrency: int, coros: list[Any]) -> list[Any]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def run(coro: Any) -> Any:
+        async with sem:
+            return await coro
+
+    return await asyncio.gather(*(run(c) for c in coros))
+
+
+def rest() -> Rest:
+    """A client on the same HTTP stack the operator uses, so the comparison is like for like."""
+    return Rest(login(kopf.OperatorSettings()))
+
+
+async def create_retrying(api: Rest, path: str, body: dict[str, Any]) -> float:
+    """POST until it is not throttled; returns the time it succeeded."""
+    while True:
+        try:
+            await api.request("POST", path, body=body)
+            return time.monotonic()
+        except ApiError as exc:
+            if exc.status != 429:
+                raise
+            await asyncio.sleep(1)
+
+
+async def direct_phase(n: int, namespace: str, concurrency: int) -> dict[str, float]:
+    api = rest()
+    settings = RenderSettings(trainer_image="kexp/trainer:bench")
+    jobs = []
+    for i in range(n):
+        exp = ResolvedExperiment(f"direct-{i}", namespace, f"uid-{i}", spec())
+        job = render_train_job(exp, settings)
+        del job["metadata"]["ownerReferences"]  # no Experiment owns these
+        jobs.append(job)
+    started = time.monotonic()
+    path = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+    await bounded(concurrency, [create_retrying(api, path, j) for j in jobs])
+    elapsed = time.monotonic() - started
+    await api.close()
+    return {"seconds": elapsed, "rate_per_s": n / elapsed}
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds used so far, peak RSS bytes) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    return cpu, hwm
+
+
+async def operator_phase(
+    n: int, namespace: str, concurrency: int, pid: int, timeout_s: float
+) -> dict[str, Any]:
+    api = rest()
+    job_seen: dict[str, float] = {}
+    all_seen = asyncio.Event()
+
+    async def watch_jobs() -> None:
+        async for event in api.watch(f"/apis/batch/v1/namespaces/{namespace}/jobs"):
+            if event["type"] != "ADDED":
+                continue
+            owner = event["object"]["metadata"].get("labels", {}).get("kexp.io/experiment")
+            if owner and owner not in job_seen:
+                job_seen[owner] = time.monotonic()
+                if len(job_seen) == n:
+                    all_seen.set()
+                    return
+
+    watcher = asyncio.create_task(watch_jobs())
+    await asyncio.sleep(1)  # the watch is established before the first apply
+    cpu0, _ = proc_stats(pid)
+    bodies = [
+        {
+            "apiVersion": "kexp.io/v1alpha1",
+            "kind": "Experiment",
+            "metadata": {"name": f"exp-{i}"},
+            "spec": spec(),
+        }
+        for i in range(n)
+    ]
+    started = time.monotonic()
+    exp_path = f"/apis/kexp.io/v1alpha1/namespaces/{namespace}/experiments"
+    applied = await bounded(concurrency, [create_retrying(api, exp_path, b) for b in bodies])
+    apply_s = time.monotonic() - started
+    await asyncio.wait_for(all_seen.wait(), timeout=timeout_s)
+    all_jobs_s = max(job_seen.values()) - started
+    latencies = sorted(job_seen[f"exp-{i}"] - applied[i] for i in range(n))
+
+    # Every Experiment through to the end (kwok completes the pods).
+    finished_s, phases = None, {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        items = (await api.request("GET", exp_path))["items"]
+        phases = {}
+        for e in items:
+            phase = (e.get("status") or {}).get("phase") or "None"
+            phases[phase] = phases.get(phase, 0) + 1
+        if phases.get("Succeeded", 0) + phases.get("Failed", 0) == n:
+            finished_s = time.monotonic() - started
+            break
+        await asyncio.sleep(1)
+    cpu1, hwm = proc_stats(pid)
+    watcher.cancel()
+    await api.close()
+    return {
+        "apply_seconds": apply_s,
+        "jobs_created_seconds": all_jobs_s,
+        "rate_per_s": n / all_jobs_s,
+        "latency_p50_s": statistics.median(latencies),
+        "latency_p99_s": latencies[min(n - 1, int(0.99 * n))],
+        "latency_max_s": latencies[-1],
+        "all_finished_seconds": finished_s,
+        "phases": phases,
+        "operator_cpu_seconds": cpu1 - cpu0,
+        "operator_peak_rss_mb": hwm / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--port-base", type=int, default=29600)
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="Reuse a stack here (default: a temporary one, removed after).",
+    )
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+
+    tmp = None if args.state_dir else tempfile.TemporaryDirectory(prefix="kexp-bench-")
+    state = args.state_dir or Path(tmp.name)  # type: ignore[union-attr]
+    stack = Stack(state)
+    stack.up(port_base=args.port_base, log=lambda _m: None)
+    op = None
+    try:
+        api = sync_api_client(stack.kubeconfig)
+        apply_crds(api, load_crds(REPO / "crds"))
+        suffix = str(int(time.time()))
+        direct_ns, op_ns = f"bench-direct-{suffix}", f"bench-op-{suffix}"
+        for ns in (direct_ns, op_ns):
+            cluster.ensure_namespace(api, ns)
+            cluster.apply_s3_secret(api, ns, stack.s3_credentials())
+        os.environ["KUBECONFIG"] = str(stack.kubeconfig)
+
+        before = count_429(stack)
+        direct = asyncio.run(direct_phase(args.count, direct_ns, args.concurrency))
+        direct["api_429"] = count_429(stack) - before
+        # Let the direct Jobs' pods finish so both phases start from a quiet cluster.
+        client_sync = __import__("kubernetes").client
+        client_sync.CoreV1Api(api).delete_namespace(direct_ns)
+        time.sleep(5)
+
+        log = open(state / "logs" / "bench-operator.log", "ab")  # noqa: SIM115
+        env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig), "KEXP_OPERATOR_METRICS_PORT": "0"}
+        op = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kexp.handlers.run",
+                "--namespace",
+                op_ns,
+                "--liveness=http://127.0.0.1:0/healthz",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(4)  # kopf's start-up: login, discovery, initial listings
+        before = count_429(stack)
+        operated = asyncio.run(
+            operator_phase(args.count, op_ns, args.concurrency, op.pid, args.timeout)
+        )
+        operated["api_429"] = count_429(stack) - before
+        api.close()
+    finally:
+        if op is not None:
+            op.terminate()
+            op.wait(timeout=30)
+        if tmp is not None:
+            stack.down()
+            tmp.cleanup()
+
+    ratio = operated["rate_per_s"] / direct["rate_per_s"]
+    print(f"{args.count} objects, {args.concurrency} requests in flight, 2-core machine")
+    print(f"{'':<34}{'direct client':>16}{'kexp operator':>16}")
+    print(
+        f"{'Jobs created per second':<34}{direct['rate_per_s']:>16.1f}"
+        f"{operated['rate_per_s']:>16.1f}"
+    )
+    print(
+        f"{'seconds to create all Jobs':<34}{direct['seconds']:>16.1f}"
+        f"{operated['jobs_created_seconds']:>16.1f}"
+    )
+    print(f"{'API 429 responses':<34}{direct['api_429']:>16}{operated['api_429']:>16}")
+    print(
+        f"{'apply->Job latency p50 / p99 (s)':<34}{'-':>16}"
+        f"{operated['latency_p50_s']:>7.2f} / {operated['latency_p99_s']:<6.2f}"
+    )
+    finished = operated["all_finished_seconds"] or -1
+    print(f"{'all finished after (s)':<34}{'-':>16}{finished:>16.1f}")
+    print(f"{'final phases':<34}{'-':>16}  {json.dumps(operated['phases'])}")
+    print(f"{'operator CPU seconds':<34}{'-':>16}{operated['operator_cpu_seconds']:>16.1f}")
+    print(f"{'operator peak RSS (MB)':<34}{'-':>16}{operated['operator_peak_rss_mb']:>16.1f}")
+    met = {
+        "rate_ratio": ratio >= GOALS["rate_ratio"],
+        "p99_s": operated["latency_p99_s"] <= GOALS["p99_s"],
+        "rss_mb": operated["operator_peak_rss_mb"] <= GOALS["rss_mb"],
+    }
+    print(
+        f"rate ratio {ratio:.2f} (goal >= 0.5): {'MET' if met['rate_ratio'] else 'MISSED'}; "
+        f"p99 {operated['latency_p99_s']:.2f}s (goal <= 2): "
+        f"{'MET' if met['p99_s'] else 'MISSED'}; RSS {operated['operator_peak_rss_mb']:.0f} MB "
+        f"(goal <= 200): {'MET' if met['rss_mb'] else 'MISSED'}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "operator_throughput",
+                "count": args.count,
+                "concurrency": args.concurrency,
+                "direct": direct,
+                "operator": operated,
+                "rate_ratio": ratio,
+                "goals": GOALS,
+                "met": met,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
