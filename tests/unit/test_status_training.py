@@ -58,12 +58,13 @@ def pod(
     ("the_job", "pods", "phase", "reason"),
     [
         (None, [], "Pending", "JobNotCreated"),
+        (job(active=1), [pod("Succeeded", terminated={"exitCode": 0})], "Running", "PodRunning"),
         (job(), [], "Pending", "JobCreated"),
         (
             job(active=1),
             [pod("Pending", waiting={"reason": "ContainerCreating"})],
             "Pending",
-            "PodPending",
+            "JobCreated",
         ),
         (job(active=1), [pod()], "Running", "PodRunning"),
         (

@@ -50,14 +50,19 @@ def _state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
+def is_alive(pid: int) -> bool:
+    """True while the process exists and has not exited (zombies count as exited)."""
+    state = _state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
 def is_ours(record: PidRecord) -> bool:
     """True when the pid is alive and still runs the binary we started."""
     argv = read_cmdline(record.pid)
     if argv is None:
         # Just after exec the kernel can briefly show an empty command line; a live,
         # non-zombie process with our pid file is still starting, not gone.
-        state = _state(record.pid)
-        return state is not None and state not in ("Z", "X")
+        return is_alive(record.pid)
     return argv[0] == record.argv0
 
 
@@ -121,7 +126,7 @@ def stop_pids(pids: Sequence[int], *, grace_s: float = 10.0) -> None:
     while alive and time.monotonic() < deadline:
         for pid in alive:
             _reap(pid)
-        alive = [p for p in alive if read_cmdline(p) is not None]
+        alive = [p for p in alive if is_alive(p)]
         if alive:
             time.sleep(0.1)
     for pid in alive:
@@ -129,7 +134,7 @@ def stop_pids(pids: Sequence[int], *, grace_s: float = 10.0) -> None:
     for pid in alive:
         for _ in range(50):
             _reap(pid)
-            if read_cmdline(pid) is None:
+            if not is_alive(pid):
                 break
             time.sleep(0.1)
 

@@ -103,15 +103,17 @@ def training_state(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Tr
             started,
             status.get("completionTime") or complete.get("lastTransitionTime"),
         )
-    running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+    phases = [p.get("status", {}).get("phase") for p in pods]
+    running = phases.count("Running")
     problem = pod_problem(pods)
     if running and problem is None:
-        return TrainingState(
-            "Running", "PodRunning", f"{len(running)} trainer pod(s) running", started
-        )
+        return TrainingState("Running", "PodRunning", f"{running} trainer pod(s) running", started)
+    if "Succeeded" in phases and problem is None:
+        # The pod is done but the Job controller has not marked the Job Complete yet: still
+        # Running, or the phase would flap Running -> Pending -> Succeeded.
+        return TrainingState("Running", "PodRunning", "the trainer finished; completing", started)
     if problem is not None:
         reason, message = problem
         return TrainingState("Pending", reason, message, started)
-    if status.get("active"):
-        return TrainingState("Pending", "PodPending", "the trainer pod is starting", started)
-    return TrainingState("Pending", "JobCreated", "waiting for the trainer pod", started)
+    # One reason for "created, pod not running yet", so a pod appearing is not a status write.
+    return TrainingState("Pending", "JobCreated", "waiting for the trainer pod to start", started)
