@@ -115,6 +115,16 @@ async def direct_phase(n: int, namespace: str, concurrency: int) -> dict[str, fl
     return {"seconds": elapsed, "rate_per_s": n / elapsed}
 
 
+def component_cpu(stack: Stack, extra: dict[str, int] | None = None) -> dict[str, float]:
+    """CPU seconds used so far by each process of the stack (and any extra named pids)."""
+    pids = {**stack.running_services(), **(extra or {})}
+    return {name: proc_stats(pid)[0] for name, pid in pids.items()}
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
+
+
 def proc_stats(pid: int) -> tuple[float, int]:
     """(CPU seconds used so far, peak RSS bytes) of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -225,7 +235,11 @@ def main() -> None:
         os.environ["KUBECONFIG"] = str(stack.kubeconfig)
 
         before = count_429(stack)
+        cpu_before = component_cpu(stack, {"bench client": os.getpid()})
         direct = asyncio.run(direct_phase(args.count, direct_ns, args.concurrency))
+        direct["cpu_seconds"] = cpu_delta(
+            cpu_before, component_cpu(stack, {"bench client": os.getpid()})
+        )
         direct["api_429"] = count_429(stack) - before
         # Let the direct Jobs' pods finish so both phases start from a quiet cluster.
         client_sync = __import__("kubernetes").client
@@ -249,9 +263,12 @@ def main() -> None:
         )
         time.sleep(4)  # kopf's start-up: login, discovery, initial listings
         before = count_429(stack)
+        extra = {"bench client": os.getpid(), "kexp operator": op.pid}
+        cpu_before = component_cpu(stack, extra)
         operated = asyncio.run(
             operator_phase(args.count, op_ns, args.concurrency, op.pid, args.timeout)
         )
+        operated["cpu_seconds"] = cpu_delta(cpu_before, component_cpu(stack, extra))
         operated["api_429"] = count_429(stack) - before
         api.close()
     finally:
@@ -283,6 +300,12 @@ def main() -> None:
     print(f"{'final phases':<34}{'-':>16}  {json.dumps(operated['phases'])}")
     print(f"{'operator CPU seconds':<34}{'-':>16}{operated['operator_cpu_seconds']:>16.1f}")
     print(f"{'operator peak RSS (MB)':<34}{'-':>16}{operated['operator_peak_rss_mb']:>16.1f}")
+    print("CPU seconds by process during each phase (the operator phase runs to all finished):")
+    for name in operated["cpu_seconds"]:
+        print(
+            f"  {name:<32}{direct['cpu_seconds'].get(name, 0.0):>16.1f}"
+            f"{operated['cpu_seconds'][name]:>16.1f}"
+        )
     met = {
         "rate_ratio": ratio >= GOALS["rate_ratio"],
         "p99_s": operated["latency_p99_s"] <= GOALS["p99_s"],

@@ -61,9 +61,30 @@ def _dns_name(text: str, limit: int) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit].strip("-")
 
 
+@pytest.fixture(scope="session")
+def namespaces_to_delete(kube: Any) -> Iterator[list[str]]:
+    """Test namespaces, deleted when the session ends rather than after each test.
+
+    With namespace globs (``t-*``), kopf starts watchers per namespace and holds its
+    handlers until every index has listed; a namespace that is terminating was seen to stall
+    the operator for up to a minute. Keeping them until the end avoids that in the suite.
+    """
+    names: list[str] = []
+    yield names
+    core = client.CoreV1Api(kube)
+    for name in names:
+        try:
+            core.delete_namespace(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
 @pytest.fixture
-def namespace(request: pytest.FixtureRequest, kube: Any, stack: Stack) -> Iterator[str]:
-    """A fresh namespace with the S3 Secret and its default ServiceAccount; deleted after."""
+def namespace(
+    request: pytest.FixtureRequest, kube: Any, stack: Stack, namespaces_to_delete: list[str]
+) -> str:
+    """A fresh namespace with the S3 Secret and its default ServiceAccount."""
     name = f"t-{_dns_name(request.node.name, 40)}-{secrets.token_hex(3)}"
     core = client.CoreV1Api(kube)
     cluster.ensure_namespace(kube, name)
@@ -77,8 +98,8 @@ def namespace(request: pytest.FixtureRequest, kube: Any, stack: Stack) -> Iterat
             if exc.status != 404 or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-    yield name
-    core.delete_namespace(name)
+    namespaces_to_delete.append(name)
+    return name
 
 
 @pytest.fixture(scope="session")
@@ -191,20 +212,23 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def operator(
-    stack: Stack, crds: None, tmp_path_factory: pytest.TempPathFactory
+    stack: Stack,
+    crds: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    namespaces_to_delete: list[str],
 ) -> Iterator[OperatorProcess]:
     """The session's operator, watching the per-test namespaces (``t-*``)."""
     op = OperatorProcess(stack, ["t-*"], tmp_path_factory.mktemp("operator") / "operator.log")
     try:
         op.wait_ready()
-        wait_reconciling(stack, "t-canary-" + secrets.token_hex(3), op)
+        wait_reconciling(stack, "t-canary-" + secrets.token_hex(3), op, namespaces_to_delete)
         yield op
     finally:
         op.stop()
 
 
 def wait_reconciling(
-    stack: Stack, namespace: str, op: OperatorProcess, timeout_s: float = 60
+    stack: Stack, namespace: str, op: OperatorProcess, to_delete: list[str], timeout_s: float = 60
 ) -> None:
     """Liveness says the process is up; a canary Experiment's status says it reconciles."""
     api = sync_api_client(stack.kubeconfig)
@@ -234,5 +258,5 @@ def wait_reconciling(
                 raise TimeoutError(f"operator reconciled nothing in {timeout_s}s: {op.logs()}")
             time.sleep(0.2)
     finally:
-        client.CoreV1Api(api).delete_namespace(namespace)
+        to_delete.append(namespace)
         api.close()

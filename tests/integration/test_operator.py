@@ -359,7 +359,7 @@ def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
         memo.kube = aio.Kube.connect(kopf.OperatorSettings())
         memo.metrics = OperatorMetrics()
         memo.render = RenderSettings(trainer_image="kexp/trainer:test")
-        memo.locks, memo.bodies, memo.failures, memo.retries = {}, {}, {}, {}
+        memo.locks, memo.bodies, memo.failures, memo.retries, memo.written = {}, {}, {}, {}, {}
         empty: dict[Any, Any] = {}
         try:
             await reconcile(memo, namespace, "race", stale, (empty, empty, empty, empty))
@@ -449,3 +449,19 @@ def test_operator_metrics_pass_promtool_and_reach_prometheus(
         assert float(result[0]["value"][1]) >= 1
     finally:
         prom.remove_target("kexp-operator-test")
+
+
+def test_operator_logs_and_events_never_contain_the_s3_credentials(
+    lab: Lab, operator: OperatorProcess, stack: Stack
+) -> None:
+    lab.create(experiment("quiet"))
+    lab.wait_phase("quiet", "Succeeded")
+    creds = stack.s3_credentials()
+    log = operator.log_path.read_text(errors="replace")
+    assert "kexp operator started" in log  # the log being read is the operator's
+    events = " ".join(m for _t, _r, m in lab.events("quiet"))
+    config = lab.core.read_namespaced_config_map("quiet-config", lab.ns).data["config.yaml"]
+    status = str(lab.status("quiet"))
+    for text in (log, events, config, status):
+        assert creds.secret_key not in text
+        assert creds.access_key not in text

@@ -90,6 +90,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.locks = {}
     memo.bodies = {}
     memo.pods_seen = {}
+    memo.jobs_seen = {}
+    memo.written = {}
     memo.failures = {}
     memo.retries = {}
     log.info("kexp operator started; trainer image %s", memo.render.trainer_image)
@@ -170,10 +172,14 @@ async def on_experiment(
     indexes = (experiments_idx, templates_idx, jobs_idx, pods_idx)
     if type == "DELETED":
         memo.metrics.observe_phase((namespace, name), None)
-        memo.bodies.pop((namespace, name), None)
-        memo.locks.pop((namespace, name), None)
+        for cache in (memo.bodies, memo.locks, memo.written):
+            cache.pop((namespace, name), None)
         return
-    await reconcile(memo, namespace, name, _plain(body), indexes)
+    key = (namespace, name)
+    if memo.written.get(key) != body["metadata"].get("resourceVersion"):
+        # Not the echo of our own status write (that one reflects everything a pass knew;
+        # whatever changed since arrives as a Job or pod event of its own).
+        await reconcile(memo, namespace, name, _plain(body), indexes)
     phase = (body.get("status") or {}).get("phase")
     if phase in ("Succeeded", "Failed"):
         # Experiments waiting on this one (spec.initFrom) can go on now.
@@ -183,8 +189,21 @@ async def on_experiment(
             await reconcile(memo, namespace, dep["metadata"]["name"], dep, indexes)
 
 
+def _job_summary(body: kopf.Body) -> tuple[Any, ...]:
+    """The parts of a Job a pass reads (conditions, counts, times)."""
+    status = body.get("status", {})
+    conditions = tuple(
+        (c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []
+    )
+    counts = tuple(status.get(k) for k in ("active", "ready", "succeeded", "failed"))
+    return (conditions, counts, status.get("startTime"), status.get("completionTime"))
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)  # type: ignore[arg-type]
 async def on_job(
+    type: str | None,
+    uid: str,
+    body: kopf.Body,
     namespace: str,
     labels: kopf.Labels,
     memo: kopf.Memo,
@@ -194,6 +213,13 @@ async def on_job(
     pods_idx: kopf.Index[Key, Any],
     **_: Any,
 ) -> None:
+    if type == "DELETED":
+        memo.jobs_seen.pop(uid, None)
+    else:
+        summary = _job_summary(body)
+        if memo.jobs_seen.get(uid) == summary:
+            return  # e.g. only uncountedTerminatedPods moved: nothing a pass would act on
+        memo.jobs_seen[uid] = summary
     await _reconcile_owner(
         memo, namespace, labels, (experiments_idx, templates_idx, jobs_idx, pods_idx)
     )
@@ -366,9 +392,9 @@ async def _carry_out(memo: kopf.Memo, body: dict[str, Any], plan: Plan) -> None:
             # Fault injection for the crash-recovery test: die between create and status write.
             os._exit(17)
     if plan.status != (body.get("status") or {}):
-        _remember(
-            memo, key, await kube.patch_experiment_status(ns, name, plan.status, resource_version)
-        )
+        written = await kube.patch_experiment_status(ns, name, plan.status, resource_version)
+        memo.written[key] = written["metadata"]["resourceVersion"]
+        _remember(memo, key, written)
     for kind, reason, message in plan.events:
         memo.post_event(body, kind, reason, message)
 
