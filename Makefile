@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv tools lint test test-fast up down clean-stack
+.PHONY: venv tools lint test test-fast up down demo
 
 venv: $(STAMP)
 
@@ -35,6 +35,10 @@ test: lint tools
 ## test-fast: skip the slow end-to-end tests
 test-fast: lint tools
 	$(PY) -m pytest -m 'not slow'
+
+## demo: stack, CRDs, operator and two example Experiments to Succeeded (simulated pods)
+demo: tools
+	scripts/demo
 
 ## up / down: the local stack for interactive use
 up: tools

@@ -168,6 +168,8 @@ class OperatorProcess:
         ]
         for ns in namespaces:
             args += ["--namespace", ns]
+        if os.environ.get("KEXP_TEST_OPERATOR_VERBOSE"):
+            args.append("--verbose")  # kopf's per-event log, for debugging a test
         full_env = {
             **os.environ,
             "KUBECONFIG": str(stack.kubeconfig),

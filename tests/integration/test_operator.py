@@ -253,7 +253,11 @@ def test_template_missing_then_created(lab: Lab) -> None:
 
 
 def test_init_from_waits_for_the_first_experiment_and_passes_its_checkpoint(lab: Lab) -> None:
-    lab.create(experiment("rl", algorithm="CIMRL", initFrom={"experiment": "bc"}))
+    lab.create(
+        experiment(
+            "rl", algorithm="CIMRL", expertData="s3://datasets/x/", initFrom={"experiment": "bc"}
+        )
+    )
     waiting = lab.wait_phase("rl", "Waiting")
     assert "'bc'" in waiting["message"]
     bc = lab.create(
