@@ -246,7 +246,8 @@ def test_template_missing_then_created(lab: Lab) -> None:
         },
         plural="experimenttemplates",
     )
-    lab.wait_phase("from-tpl", "Succeeded")
+    done = lab.wait_phase("from-tpl", "Succeeded")
+    assert (done["algorithm"], done["environment"]) == ("PPO", "CartPole-v1")  # the template's
     cm = lab.core.read_namespaced_config_map("from-tpl-config", lab.ns)
     assert "learningRate: 0.01" in cm.data["config.yaml"]
     assert "gamma: 0.99" in cm.data["config.yaml"]

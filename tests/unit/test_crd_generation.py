@@ -123,8 +123,8 @@ def test_names_versions_and_printer_columns(generated: dict[str, dict[str, Any]]
     }
     assert columns == {
         "PHASE": (".status.phase", "string"),
-        "ALGO": (".spec.algorithm", "string"),
-        "ENV": (".spec.environment.id", "string"),
+        "ALGO": (".status.algorithm", "string"),
+        "ENV": (".status.environment", "string"),
         "PROGRESS": (".status.progress.percent", "number"),
         "SCORE": (".status.score", "number"),
         "COMMIT": (".status.provenance.gitCommit", "string"),

@@ -101,6 +101,7 @@ def test_a_new_experiment_gets_its_children_and_a_pending_status() -> None:
     assert p.labels == {"kexp.io/tag.lr-ablation": "true"}
     assert p.status["phase"] == "Pending"
     assert p.status["reason"] == "JobCreated"
+    assert (p.status["algorithm"], p.status["environment"]) == ("PPO", "CartPole-v1")
     assert p.status["observedGeneration"] == 1
     assert p.status["jobs"] == {"train": "lr-high-train"}
     assert cond(p, "Validated")["status"] == "True"

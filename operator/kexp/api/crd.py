@@ -300,8 +300,9 @@ def experiment_crd() -> dict[str, Any]:
         status=True,
         columns=[
             _printer_column("Phase", ".status.phase", "string", "Where the run is."),
-            _printer_column("Algo", ".spec.algorithm", "string", "Training algorithm."),
-            _printer_column("Env", ".spec.environment.id", "string", "Environment id."),
+            # From status: an Experiment may take both from its template.
+            _printer_column("Algo", ".status.algorithm", "string", "Training algorithm."),
+            _printer_column("Env", ".status.environment", "string", "Environment id."),
             _printer_column(
                 "Progress", ".status.progress.percent", "number", "Training progress, in %."
             ),

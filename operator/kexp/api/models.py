@@ -916,6 +916,14 @@ class ExperimentStatus(_StatusModel):
     message: Annotated[str, StringConstraints(max_length=MESSAGE_MAX)] | None = Field(
         default=None, description="Human-readable summary of the current state."
     )
+    algorithm: Algorithm | None = Field(
+        default=None,
+        description="The algorithm the run uses: the spec's own, or its template's.",
+    )
+    environment: Annotated[str, StringConstraints(max_length=NAME_MAX)] | None = Field(
+        default=None,
+        description="The environment id the run uses: the spec's own, or its template's.",
+    )
     reason: Annotated[str, StringConstraints(max_length=NAME_MAX)] | None = Field(
         default=None,
         description="Machine-readable reason for the current phase (e.g. PodRunning, "

@@ -216,6 +216,10 @@ def plan_pass(
         return finish(problem.phase, problem.reason, problem.message)
 
     cond("Validated", True, "Valid", "the spec is valid")
+    status["algorithm"] = merged.get("algorithm")
+    env_id = (merged.get("environment") or {}).get("id")
+    if env_id:
+        status["environment"] = env_id
     if init_checkpoint:
         cond("InitFromReady", True, "CheckpointResolved", f"warm-starting from {init_checkpoint}")
     prov = _provenance(body, merged, observed, api, settings)
