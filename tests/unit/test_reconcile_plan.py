@@ -113,7 +113,7 @@ def test_a_new_experiment_gets_its_children_and_a_pending_status() -> None:
     assert prov["image"] == "kexp/trainer:test"
     assert prov["submittedAt"] == "2026-11-23T11:00:00Z"
     assert len(prov["configHash"]) == 16
-    assert p.events == [("Normal", "JobCreated", "created the training Job lr-high-train")]
+    assert p.events == [("Normal", "JobCreated", "waiting for the trainer pod to start")]
 
 
 def test_phase_follows_the_job_through_running_to_succeeded() -> None:
@@ -125,7 +125,7 @@ def test_phase_follows_the_job_through_running_to_succeeded() -> None:
     assert running.status["phase"] == "Running"
     assert cond(running, "Running")["status"] == "True"
     assert running.status["provenance"]["startedAt"] == "2026-11-23T11:00:05Z"
-    assert running.events == [("Normal", "PodRunning", "1 trainer pod(s) running")]
+    assert running.events == [("Normal", "PodRunning", "the trainer is running")]
 
     done = plan(exp_body(status=running.status), Observed(job=job(("Complete", ""))))
     assert done.status["phase"] == "Succeeded"

@@ -297,7 +297,8 @@ class Stack:
                     # Endpoints must not be loopback; nothing in the local stack needs them.
                     "--endpoint-reconciler-type=none",
                     "--allow-privileged=true",
-                    "--profiling=false",
+                    # KEXP_DEV_PROFILING=1 serves /debug/pprof, to profile under a benchmark.
+                    f"--profiling={'true' if os.environ.get('KEXP_DEV_PROFILING') else 'false'}",
                     "--event-ttl=2h",
                 ],
                 (p.apiserver,),

@@ -115,10 +115,15 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 # kopf's handler protocols list every kwarg it may pass with its widest type (namespace may be
 # None for cluster-scoped resources) and cannot express the index kwargs it injects by name;
 # these handlers name only what they use, so the decorators' arg-type check is silenced.
-def _plain(body: kopf.Body) -> dict[str, Any]:
+def _plain(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
     # Each watch event is a freshly decoded object that nothing mutates afterwards, so a
     # shallow copy is a safe snapshot (a deep copy per event cost more than the pass itself).
-    return dict(body)
+    # managedFields is dropped: nothing reads it, and it is the bulk of a kept object.
+    plain = dict(body)
+    meta = plain.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        plain["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    return plain
 
 
 def _status_only(body: kopf.Body) -> dict[str, Any]:
@@ -357,6 +362,7 @@ def _rv(body: dict[str, Any]) -> int:
 
 
 def _remember(memo: kopf.Memo, key: Key, body: dict[str, Any]) -> dict[str, Any]:
+    body = _plain(body)
     memo.bodies[key] = body
     return body
 
@@ -430,6 +436,8 @@ async def reconcile(
                     continue
                 metrics.reconciles.labels(result="ok").inc()
                 metrics.observe_phase(key, plan.status.get("phase"))
+                if plan.status.get("phase") in TERMINAL:
+                    memo.bodies.pop(key, None)  # a finished record needs no newer copy
                 memo.failures.pop(key, None)
                 return
             raise RuntimeError(f"status kept changing over {MAX_CONFLICT_RETRIES} attempts")

@@ -19,7 +19,12 @@ from kexp.render.resolved import ResolvedExperiment
 from kexp.render.settings import RenderSettings
 from kexp.render.training import render_children
 from kexp.status.conditions import condition, set_condition
-from kexp.status.training import STUCK_WAITING_REASONS, TrainingState, training_state
+from kexp.status.training import (
+    STARTING_MESSAGE,
+    STUCK_WAITING_REASONS,
+    TrainingState,
+    training_state,
+)
 
 TERMINAL: Final = frozenset({"Succeeded", "Failed"})
 #: Pending reasons worth a Warning event: they will not resolve without the user.
@@ -246,12 +251,13 @@ def plan_pass(
             init_checkpoint=init_checkpoint,
         )
         plan.create = render_children(resolved, settings)
-        state = TrainingState("Pending", "JobCreated", f"created the training Job {train_job}")
+        state = TrainingState("Pending", "JobCreated", STARTING_MESSAGE)
     else:
         state = training_state(observed.job, observed.pods)
     cond("JobCreated", True, "JobCreated", f"training Job {train_job}")
     status["jobs"] = {**(status.get("jobs") or {}), "train": train_job}
-    if state.started_at:
+    if state.started_at and state.phase != "Pending":
+        # Recorded with the move out of Pending, not on its own: one status write fewer.
         prov["startedAt"] = state.started_at
     if state.completed_at:
         prov["completedAt"] = state.completed_at

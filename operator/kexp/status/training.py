@@ -25,6 +25,10 @@ STUCK_WAITING_REASONS: Final = frozenset(
 )
 
 
+STARTING_MESSAGE: Final = "waiting for the trainer pod to start"
+RUNNING_MESSAGE: Final = "the trainer is running"
+
+
 @dataclass(frozen=True)
 class TrainingState:
     """The phase a Job implies, with the reason and message to show for it."""
@@ -106,14 +110,13 @@ def training_state(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Tr
     phases = [p.get("status", {}).get("phase") for p in pods]
     running = phases.count("Running")
     problem = pod_problem(pods)
-    if running and problem is None:
-        return TrainingState("Running", "PodRunning", f"{running} trainer pod(s) running", started)
-    if "Succeeded" in phases and problem is None:
-        # The pod is done but the Job controller has not marked the Job Complete yet: still
-        # Running, or the phase would flap Running -> Pending -> Succeeded.
-        return TrainingState("Running", "PodRunning", "the trainer finished; completing", started)
+    # Messages stay the same within a phase: every change of wording is a status write, and
+    # at scale those writes are the API server's largest cost (see docs/operator.md).
+    if (running or "Succeeded" in phases) and problem is None:
+        # A pod that is done before the Job controller marks the Job Complete keeps the run
+        # Running; otherwise the phase would flap Running -> Pending -> Succeeded.
+        return TrainingState("Running", "PodRunning", RUNNING_MESSAGE, started)
     if problem is not None:
         reason, message = problem
         return TrainingState("Pending", reason, message, started)
-    # One reason for "created, pod not running yet", so a pod appearing is not a status write.
-    return TrainingState("Pending", "JobCreated", "waiting for the trainer pod to start", started)
+    return TrainingState("Pending", "JobCreated", STARTING_MESSAGE, started)
