@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import secrets
 import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -15,21 +14,11 @@ from minio import Minio
 from kexp.api import contract
 from kexp.dev.stack import Stack
 from tests.conftest import OperatorProcess
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.stack
 T = TypeVar("T")
 GROUP, VERSION = "kexp.io", "v1alpha1"
-
-
-def wait_until(fn: Callable[[], T | None], *, timeout_s: float = 45, what: str = "") -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def experiment(name: str, **spec: Any) -> dict[str, Any]:

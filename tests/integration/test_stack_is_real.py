@@ -20,20 +20,10 @@ from kexp.api import contract
 from kexp.dev import cluster
 from kexp.dev.prometheus import Prometheus
 from kexp.dev.stack import Stack
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.stack
 T = TypeVar("T")
-
-
-def wait_until(fn: Callable[[], T | None], *, timeout_s: float = 30, what: str = "") -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def job_body(

@@ -218,15 +218,17 @@ async def on_job(
     pods_idx: kopf.Index[Key, Any],
     **_: Any,
 ) -> None:
-    if type == "DELETED":
-        memo.jobs_seen.pop(uid, None)
-    else:
-        summary = _job_summary(body)
-        if memo.jobs_seen.get(uid) == summary:
-            return  # e.g. only uncountedTerminatedPods moved: nothing a pass would act on
-        memo.jobs_seen[uid] = summary
-    await _reconcile_owner(
-        memo, namespace, labels, (experiments_idx, templates_idx, jobs_idx, pods_idx)
+    summary = None if type == "DELETED" else _job_summary(body)
+    # A Job that disappears is reconciled too: a pass decides whether it was deleted mid-run.
+    await _on_child_event(
+        memo,
+        memo.jobs_seen,
+        uid,
+        summary,
+        namespace,
+        labels,
+        (experiments_idx, templates_idx, jobs_idx, pods_idx),
+        on_delete=True,
     )
 
 
@@ -259,15 +261,16 @@ async def on_pod(
     pods_idx: kopf.Index[Key, Any],
     **_: Any,
 ) -> None:
-    if type == "DELETED":
-        memo.pods_seen.pop(uid, None)
-        return
-    summary = _pod_summary(body)
-    if memo.pods_seen.get(uid) == summary:
-        return  # e.g. only metadata or IPs changed: nothing a pass would act on
-    memo.pods_seen[uid] = summary
-    await _reconcile_owner(
-        memo, namespace, labels, (experiments_idx, templates_idx, jobs_idx, pods_idx)
+    summary = None if type == "DELETED" else _pod_summary(body)
+    await _on_child_event(
+        memo,
+        memo.pods_seen,
+        uid,
+        summary,
+        namespace,
+        labels,
+        (experiments_idx, templates_idx, jobs_idx, pods_idx),
+        on_delete=False,
     )
 
 
@@ -285,6 +288,33 @@ async def on_template(
     indexes = (experiments_idx, templates_idx, jobs_idx, pods_idx)
     for exp in await memo.kube.list_experiments(namespace, f"{contract.LABEL_TEMPLATE}={name}"):
         await reconcile(memo, namespace, exp["metadata"]["name"], exp, indexes)
+
+
+async def _on_child_event(
+    memo: kopf.Memo,
+    seen: dict[str, tuple[Any, ...]],
+    uid: str,
+    summary: tuple[Any, ...] | None,
+    namespace: str,
+    labels: Mapping[str, str],
+    indexes: tuple[Any, ...],
+    *,
+    on_delete: bool,
+) -> None:
+    """A Job or pod moved: reconcile its Experiment unless nothing a pass reads changed.
+
+    ``summary`` is None for a deletion; ``seen`` remembers each child's last summary, so
+    events that only touch metadata, IPs or bookkeeping counters cost no pass.
+    """
+    if summary is None:
+        seen.pop(uid, None)
+        if not on_delete:
+            return
+    elif seen.get(uid) == summary:
+        return
+    else:
+        seen[uid] = summary
+    await _reconcile_owner(memo, namespace, labels, indexes)
 
 
 async def _reconcile_owner(
