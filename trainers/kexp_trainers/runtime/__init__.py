@@ -1,0 +1,1 @@
+"""What every trainer shares: S3 access from the contract, checkpoints, progress, results."""
