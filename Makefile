@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,trainers]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 ## tools: build or install the pinned local-stack tools (cached; seconds once built)

@@ -1,0 +1,1 @@
+"""One readable file per algorithm (CleanRL style); shared pieces in ``common``."""

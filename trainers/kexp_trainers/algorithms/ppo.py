@@ -1,0 +1,249 @@
+"""PPO (Schulman et al. 2017), CleanRL style: vectorised envs, GAE, clipped objective.
+
+Discrete actions use a categorical policy, continuous ones a Gaussian with a learned,
+state-independent log standard deviation. Hyperparameters come from ``spec.hyperparameters``
+(camelCase names, as in the Experiment) with the defaults of ``PPOArgs``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Normal
+
+from kexp_trainers.algorithms.common import clipped_policy_loss, gae, value_loss
+
+#: Metric names this algorithm reports (fixed, so dashboards can rely on them).
+METRICS = ("episode_reward", "policy_loss", "value_loss", "entropy", "approx_kl", "sps")
+
+
+@dataclass(frozen=True)
+class PPOArgs:
+    """PPO's hyperparameters; names are the camelCase keys of spec.hyperparameters."""
+
+    learning_rate: float = 2.5e-4
+    n_steps: int = 128  # rollout length per environment
+    batch_size: int = 64  # minibatch size
+    n_epochs: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    anneal_lr: bool = True
+    hidden: int = 64
+
+    @classmethod
+    def from_hyperparameters(cls, hp: Mapping[str, Any]) -> PPOArgs:
+        """Read camelCase spec.hyperparameters; unknown keys are refused, naming the field."""
+        known = {f.name: f for f in fields(cls)}
+        camel = {
+            "".join(w.title() if i else w for i, w in enumerate(n.split("_"))): n for n in known
+        }
+        values: dict[str, Any] = {}
+        for key, value in hp.items():
+            name = camel.get(key)
+            if name is None:
+                raise ValueError(
+                    f"spec.hyperparameters.{key}: not a PPO hyperparameter "
+                    f"(known: {', '.join(sorted(camel))})"
+                )
+            values[name] = type(getattr(cls(), name))(value)
+        return cls(**values)
+
+
+def _layer(inputs: int, outputs: int, std: float = np.sqrt(2)) -> nn.Linear:
+    layer = nn.Linear(inputs, outputs)
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, 0.0)
+    return layer
+
+
+class Agent(nn.Module):
+    """Separate actor and critic MLPs (tanh), CleanRL's architecture."""
+
+    def __init__(self, obs_dim: int, action_space: gym.Space[Any], hidden: int) -> None:
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            out = int(action_space.n)
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            out = int(action_space.shape[0])
+        else:
+            raise ValueError(f"spec.algorithm: PPO cannot act in an action space {action_space}")
+        self.critic = nn.Sequential(
+            _layer(obs_dim, hidden),
+            nn.Tanh(),
+            _layer(hidden, hidden),
+            nn.Tanh(),
+            _layer(hidden, 1, 1.0),
+        )
+        self.actor = nn.Sequential(
+            _layer(obs_dim, hidden),
+            nn.Tanh(),
+            _layer(hidden, hidden),
+            nn.Tanh(),
+            _layer(hidden, out, 0.01),
+        )
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.zeros(1, out))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
+
+    def dist(self, obs: torch.Tensor) -> Categorical | Normal:
+        out = self.actor(obs)
+        if self.discrete:
+            return Categorical(logits=out)
+        return Normal(out, self.log_std.expand_as(out).exp())
+
+    def act(
+        self, obs: torch.Tensor, action: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(action, log-prob, entropy, value) for ``obs``; samples when ``action`` is None."""
+        dist = self.dist(obs)
+        if action is None:
+            action = dist.sample()
+        logprob, entropy = dist.log_prob(action), dist.entropy()
+        if not self.discrete:
+            logprob, entropy = logprob.sum(-1), entropy.sum(-1)
+        return action, logprob, entropy, self.value(obs)
+
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        """The most likely action, for evaluation."""
+        dist = self.dist(obs)
+        return dist.probs.argmax(-1) if isinstance(dist, Categorical) else dist.mean
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds, so a restarted pod continues where it was."""
+
+    agent: Agent
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+
+
+def train(
+    envs: Any,
+    args: PPOArgs,
+    total_steps: int,
+    device: torch.device,
+    *,
+    state: TrainState | None = None,
+    on_update: Callable[[int, dict[str, float]], None] = lambda _s, _m: None,
+    on_checkpoint: Callable[[TrainState], None] = lambda _s: None,
+    checkpoint_every: int | None = None,
+) -> TrainState:
+    """Train until ``total_steps`` environment steps (counting from ``state.step``)."""
+    num_envs = envs.num_envs
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    if state is None:
+        agent = Agent(obs_dim, envs.single_action_space, args.hidden).to(device)
+        optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+        state = TrainState(agent, optimizer)
+    agent, optimizer = state.agent, state.optimizer
+    batch = num_envs * args.n_steps
+    updates = max(1, total_steps // batch)
+    act_shape = envs.single_action_space.shape
+    obs_buf = torch.zeros((args.n_steps, num_envs, obs_dim), device=device)
+    act_buf = torch.zeros((args.n_steps, num_envs, *act_shape), device=device)
+    logp_buf = torch.zeros((args.n_steps, num_envs), device=device)
+    rew_buf = torch.zeros((args.n_steps, num_envs), device=device)
+    done_buf = torch.zeros((args.n_steps, num_envs), device=device)
+    val_buf = torch.zeros((args.n_steps, num_envs), device=device)
+
+    raw, _ = envs.reset()
+    next_obs = torch.as_tensor(raw, dtype=torch.float32, device=device).reshape(num_envs, -1)
+    next_done = torch.zeros(num_envs, device=device)
+    recent_returns: list[float] = []
+    last_checkpoint = state.step
+    first_update = state.step // batch
+    for update in range(first_update, updates):
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - update / updates)
+        started = time.perf_counter()
+        for t in range(args.n_steps):
+            obs_buf[t], done_buf[t] = next_obs, next_done
+            with torch.no_grad():
+                action, logprob, _, value = agent.act(next_obs)
+            act_buf[t], logp_buf[t], val_buf[t] = action, logprob, value
+            env_action = action.cpu().numpy()
+            raw, reward, terminated, truncated, info = envs.step(env_action)
+            rew_buf[t] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+            next_obs = torch.as_tensor(raw, dtype=torch.float32, device=device).reshape(
+                num_envs, -1
+            )
+            next_done = torch.as_tensor(
+                np.logical_or(terminated, truncated), dtype=torch.float32, device=device
+            )
+            if "episode" in info:
+                finished = info["_episode"]
+                recent_returns += [float(r) for r in info["episode"]["r"][finished]]
+        state.step += batch
+
+        with torch.no_grad():
+            next_value = agent.value(next_obs)
+        advantages, returns = gae(
+            rew_buf, val_buf, done_buf, next_value, next_done, args.gamma, args.gae_lambda
+        )
+        b_obs = obs_buf.reshape(batch, obs_dim)
+        b_act = act_buf.reshape(batch, *act_shape)
+        b_logp, b_adv, b_ret = logp_buf.reshape(-1), advantages.reshape(-1), returns.reshape(-1)
+        stats: dict[str, float] = {}
+        for _ in range(args.n_epochs):
+            for idx in torch.randperm(batch, device=device).split(args.batch_size):
+                _, logp, entropy, value = agent.act(b_obs[idx], b_act[idx])
+                adv = b_adv[idx]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                pg = clipped_policy_loss(logp, b_logp[idx], adv, args.clip_range)
+                vf = value_loss(value, b_ret[idx])
+                ent = entropy.mean()
+                loss = pg + args.vf_coef * vf - args.ent_coef * ent
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
+                with torch.no_grad():
+                    kl = ((logp - b_logp[idx]).exp() - 1 - (logp - b_logp[idx])).mean()
+                stats = {
+                    "policy_loss": pg.item(),
+                    "value_loss": vf.item(),
+                    "entropy": ent.item(),
+                    "approx_kl": kl.item(),
+                }
+        stats["sps"] = batch / (time.perf_counter() - started)
+        if recent_returns:
+            stats["episode_reward"] = float(np.mean(recent_returns[-20:]))
+        on_update(state.step, stats)
+        if checkpoint_every and state.step - last_checkpoint >= checkpoint_every:
+            last_checkpoint = state.step
+            on_checkpoint(state)
+    return state
+
+
+def evaluate(
+    agent: Agent, env: Any, episodes: int, seed: int, device: torch.device
+) -> list[tuple[float, dict[str, Any]]]:
+    """(return, last info) of ``episodes`` greedy episodes on a single environment."""
+    results = []
+    for episode in range(episodes):
+        raw, info = env.reset(seed=seed + 10_000 + episode)
+        done, total = False, 0.0
+        while not done:
+            obs = torch.as_tensor(raw, dtype=torch.float32, device=device).reshape(1, -1)
+            with torch.no_grad():
+                action = agent.greedy(obs)[0].cpu().numpy()
+            raw, reward, terminated, truncated, info = env.step(action)
+            total += float(reward)
+            done = bool(terminated or truncated)
+        results.append((total, info))
+    return results
