@@ -147,3 +147,42 @@ def test_a_config_the_trainer_cannot_honour_fails_naming_the_field(
     assert res["errorField"] == "spec.environment.id"
     assert "highway-fats-v0" in res["error"]
     assert res["step"] == 0  # it failed at start, before any training
+
+
+def test_a_sac_run_on_pendulum_checkpoints_its_replay_buffer(
+    stack: Stack, s3: Minio, bucket: str, tmp_path: Path
+) -> None:
+    import torch
+
+    spec = {
+        "algorithm": "SAC",
+        "environment": {"id": "Pendulum-v1"},
+        "hyperparameters": {"learningStarts": 300, "batchSize": 64, "hidden": 64},
+        "training": {"totalSteps": 1000, "seed": 1, "checkpointEvery": 500},
+        "evaluation": {"episodes": 1},
+    }
+    env, prefix = pod_environment(stack, bucket, tmp_path, spec, "sac-smoke")
+    proc = run(env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    res = results(s3, bucket, prefix)
+    assert (res["outcome"], res["step"]) == ("succeeded", 1000)
+    assert -2000 < res["scores"]["reward"] <= 0  # Pendulum returns are negative
+    local = tmp_path / "ckpt.pt"
+    s3.fget_object(bucket, prefix + "checkpoints/step-1000.pt", str(local))
+    saved = torch.load(local, weights_only=False)
+    assert saved["size"] == 1000  # every transition so far is in the checkpoint
+    assert saved["buffer"]["obs"].shape == (1000, 3)
+
+
+def test_an_algorithm_that_cannot_act_in_the_action_space_fails_at_start(
+    stack: Stack, s3: Minio, bucket: str, tmp_path: Path
+) -> None:
+    spec = {**SPEC, "algorithm": "SAC", "hyperparameters": {}}  # CartPole's actions are discrete
+    env, prefix = pod_environment(stack, bucket, tmp_path, spec, "sac-discrete")
+    proc = run(env)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    res = results(s3, bucket, prefix)
+    assert (res["outcome"], res["errorField"]) == ("failed", "spec.algorithm")
+    assert "continuous (Box) actions" in res["error"]

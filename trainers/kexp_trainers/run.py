@@ -27,7 +27,6 @@ from kexp_trainers.runtime.reporting import RunReporter
 from kexp_trainers.runtime.s3 import credentials_from_env
 
 log = logging.getLogger("kexp_trainers")
-SUPPORTED = ("PPO",)
 
 
 def _scores(returns: list[tuple[float, dict[str, Any]]]) -> dict[str, float]:
@@ -65,25 +64,29 @@ def train_run(
     import gymnasium as gym
     import torch
 
-    from kexp_trainers.algorithms import ppo
+    from kexp_trainers.algorithms import ppo, sac
     from kexp_trainers.algorithms.common import make_vector_env
 
+    modules = {"PPO": ppo, "SAC": sac}
     algorithm = config.spec["algorithm"]
-    if algorithm not in SUPPORTED:
+    if algorithm not in modules:
         raise ConfigError(
             f"spec.algorithm: {algorithm} is not available in this trainer yet "
-            f"(available: {', '.join(SUPPORTED)})",
+            f"(available: {', '.join(modules)})",
             "spec.algorithm",
         )
+    algo: Any = modules[algorithm]
     env_spec = config.spec.get("environment") or {}
+    args_type = ppo.PPOArgs if algo is ppo else sac.SACArgs
     try:
-        args = ppo.PPOArgs.from_hyperparameters(config.hyperparameters)
+        args = args_type.from_hyperparameters(config.hyperparameters)
         envs = make_vector_env(
             env_spec["id"],
             int(env_spec.get("numEnvs", 1)),
             config.seed,
             dict(env_spec.get("config") or {}),
         )
+        algo.new_state(envs, args, torch.device("cpu"))  # refuses an action space it cannot use
     except ValueError as exc:
         raise ConfigError(str(exc), str(exc).split(":", 1)[0]) from exc
     device = pick_device()
@@ -92,31 +95,17 @@ def train_run(
     if found is not None:
         step, key = found
         saved = torch.load(store.download(key, workdir / "resume.pt"), weights_only=False)
-        obs_dim = int(torch.tensor(envs.single_observation_space.shape).prod())
-        agent = ppo.Agent(obs_dim, envs.single_action_space, args.hidden).to(device)
-        agent.load_state_dict(saved["agent"])
-        optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = ppo.TrainState(agent, optimizer, int(saved["step"]))
+        state = algo.load_state(saved, envs, args, device)
         log.info("resumed from %s at step %d", key, step)
 
     saved_steps: set[int] = set()
 
-    def checkpoint(s: ppo.TrainState) -> None:
+    def checkpoint(s: Any) -> None:
         if s.step in saved_steps:
             return  # the last periodic checkpoint may already be the final one
         saved_steps.add(s.step)
         path = workdir / f"step-{s.step}.pt"
-        torch.save(
-            {
-                "agent": s.agent.state_dict(),
-                "optimizer": s.optimizer.state_dict(),
-                "step": s.step,
-                "torch_rng": torch.get_rng_state(),
-            },
-            path,
-        )
+        torch.save(algo.state_dict(s), path)
         store.save(s.step, path, best=True)
 
     def update(step: int, stats: dict[str, float]) -> None:
@@ -125,13 +114,14 @@ def train_run(
         metrics.steps_per_second.set(stats.get("sps", 0.0))
         if "episode_reward" in stats:
             metrics.episode_reward.set(stats["episode_reward"])
-        for name in ("policy_loss", "value_loss", "entropy"):
-            metrics.loss(name, stats[name])
+        for name in ("policy_loss", "value_loss", "entropy", "q_loss", "actor_loss"):
+            if name in stats:
+                metrics.loss(name, stats[name])
         reporter.log(step, stats)
 
     update.last = state.step if state else 0  # type: ignore[attr-defined]
     every = (config.spec.get("training") or {}).get("checkpointEvery")
-    state = ppo.train(
+    state = algo.train(
         envs,
         args,
         config.total_steps,
@@ -146,7 +136,7 @@ def train_run(
     eval_env = gym.make(
         env_spec["id"], **({"config": env_spec["config"]} if env_spec.get("config") else {})
     )
-    scores = _scores(ppo.evaluate(state.agent, eval_env, episodes, config.seed, device))
+    scores = _scores(algo.evaluate(state, eval_env, episodes, config.seed, device))
     for name, value in scores.items():
         metrics.eval_score(name, value)
     store.close()

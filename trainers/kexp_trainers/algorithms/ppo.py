@@ -132,6 +132,32 @@ class TrainState:
     step: int = 0
 
 
+def new_state(envs: Any, args: PPOArgs, device: torch.device) -> TrainState:
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    agent = Agent(obs_dim, envs.single_action_space, args.hidden).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    return TrainState(agent, optimizer)
+
+
+def state_dict(s: TrainState) -> dict[str, Any]:
+    """What a checkpoint holds."""
+    return {
+        "agent": s.agent.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "step": s.step,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def load_state(saved: dict[str, Any], envs: Any, args: PPOArgs, device: torch.device) -> TrainState:
+    s = new_state(envs, args, device)
+    s.agent.load_state_dict(saved["agent"])
+    s.optimizer.load_state_dict(saved["optimizer"])
+    s.step = int(saved["step"])
+    torch.set_rng_state(saved["torch_rng"])
+    return s
+
+
 def train(
     envs: Any,
     args: PPOArgs,
@@ -147,9 +173,7 @@ def train(
     num_envs = envs.num_envs
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     if state is None:
-        agent = Agent(obs_dim, envs.single_action_space, args.hidden).to(device)
-        optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
-        state = TrainState(agent, optimizer)
+        state = new_state(envs, args, device)
     agent, optimizer = state.agent, state.optimizer
     batch = num_envs * args.n_steps
     updates = max(1, total_steps // batch)
@@ -231,9 +255,10 @@ def train(
 
 
 def evaluate(
-    agent: Agent, env: Any, episodes: int, seed: int, device: torch.device
+    state: TrainState, env: Any, episodes: int, seed: int, device: torch.device
 ) -> list[tuple[float, dict[str, Any]]]:
     """(return, last info) of ``episodes`` greedy episodes on a single environment."""
+    agent = state.agent
     results = []
     for episode in range(episodes):
         raw, info = env.reset(seed=seed + 10_000 + episode)
