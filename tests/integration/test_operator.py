@@ -459,3 +459,35 @@ def test_operator_logs_and_events_never_contain_the_s3_credentials(
     for text in (log, events, config, status):
         assert creds.secret_key not in text
         assert creds.access_key not in text
+
+
+@pytest.mark.slow
+def test_the_whole_chain_from_apply_to_harvested_scores(lab: Lab, kube: Any, tmp_path: Any) -> None:
+    """Experiment -> operator -> Job -> the real trainer (the pod's command, env and files,
+    run as a process: kwok nodes run no containers) -> MinIO -> results in status."""
+    from kexp.dev.podrunner import run_pod_as_process
+
+    lab.create(
+        experiment(
+            "chain",
+            annotations={"sim.kexp.io/run-for": "40s"},
+            environment={"id": "CartPole-v1", "numEnvs": 4},
+            hyperparameters={"learningRate": 2.5e-4, "nSteps": 128, "batchSize": 128},
+            training={"totalSteps": 4096, "seed": 1, "checkpointEvery": 2048},
+            evaluation={"episodes": 3},
+            objective={"metric": "reward", "mode": "max"},
+        )
+    )
+    lab.wait_phase("chain", "Running")
+    job = client.ApiClient().sanitize_for_serialization(
+        lab.batch.read_namespaced_job("chain-train", lab.ns)
+    )
+    trainer = run_pod_as_process(kube, lab.ns, job, tmp_path, tmp_path / "trainer.log")
+    assert trainer.wait(timeout=120) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+    done = lab.wait_phase("chain", "Succeeded", timeout_s=60)
+    assert done["results"]["reward"] > 0
+    assert done["score"] == done["results"]["reward"]  # the objective's metric
+    assert done["checkpoints"]["best"].endswith("/checkpoints/best.pt")
+    assert done["checkpoints"]["bestStep"] == 4096
+    harvested = next(c for c in done["conditions"] if c["type"] == "Harvested")
+    assert harvested["status"] == "True"

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kexp.api.reports import CheckpointsReport, ResultsReport
 from kexp.handlers.experiments import API_FUNCTIONS
 from kexp.handlers.plan import Observed, Plan, plan_pass, wanted_labels
 from kexp.render.settings import RenderSettings
@@ -342,3 +343,61 @@ def test_tag_labels_follow_the_tags(
     labels: dict[str, str], tags: list[str], expected: dict[str, str | None]
 ) -> None:
     assert wanted_labels({"labels": labels}, {"tags": tags}) == expected
+
+
+def _done_with(report: ResultsReport | None, error: str | None = None) -> Plan:
+    started = plan(exp_body())
+    return plan(
+        exp_body(status=started.status),
+        Observed(job=job(("Complete", "")), results=report, results_error=error),
+    )
+
+
+def test_results_are_harvested_into_status_with_the_objective_as_score() -> None:
+    spec = exp_body()["spec"]
+    report = ResultsReport(
+        outcome="succeeded",
+        scores={"reward": 480.0, "reward_std": 12.0, "pdm_score": 0.8},
+        step=1000,
+        checkpoints=CheckpointsReport(
+            latest="s3://b/p/checkpoints/step-1000.pt",
+            best="s3://b/p/checkpoints/best.pt",
+            best_step=900,
+        ),
+    )
+    p = _done_with(report)
+    assert p.status["phase"] == "Succeeded"
+    assert p.status["results"] == {"pdm_score": 0.8, "reward": 480.0, "reward_std": 12.0}
+    assert p.status["score"] == 0.8  # the default objective is pdm_score
+    assert p.status["checkpoints"] == {
+        "latest": "s3://b/p/checkpoints/step-1000.pt",
+        "best": "s3://b/p/checkpoints/best.pt",
+        "bestStep": 900,
+    }
+    assert cond(p, "Harvested")["status"] == "True"
+    assert spec["algorithm"] == "PPO"
+
+
+def test_a_failed_trainer_fails_the_experiment_with_its_reason() -> None:
+    report = ResultsReport(
+        outcome="failed",
+        error="environment 'x' is not registered",
+        error_field="spec.environment.id",
+    )
+    p = _done_with(report)
+    assert (p.status["phase"], p.status["reason"]) == ("Failed", "TrainerFailed")
+    assert p.status["message"] == "environment 'x' is not registered (spec.environment.id)"
+    assert p.events[-1][:2] == ("Warning", "TrainerFailed")
+
+
+def test_missing_results_leave_the_phase_and_say_why() -> None:
+    p = _done_with(None, "no s3://experiments/research/lr-high/uid-1/results.json")
+    assert p.status["phase"] == "Succeeded"
+    harvested = cond(p, "Harvested")
+    assert (harvested["status"], harvested["reason"]) == ("False", "ResultsMissing")
+    assert "results" not in p.status
+
+
+def test_results_in_status_are_bounded() -> None:
+    report = ResultsReport(outcome="succeeded", scores={f"m{i:02d}": float(i) for i in range(50)})
+    assert len(_done_with(report).status["results"]) == 32

@@ -22,13 +22,16 @@ import kopf
 from prometheus_client import start_http_server
 
 from kexp.api import contract, models
+from kexp.api.reports import ResultsReport
 from kexp.api.validation import validate_spec
 from kexp.handlers.metrics import OperatorMetrics
 from kexp.handlers.plan import TERMINAL, ApiFunctions, Observed, Plan, plan_pass
 from kexp.handlers.provenance import SourceError, is_commit, resolve_revision
 from kexp.kube import aio
 from kexp.render.names import train_job_name
+from kexp.render.resolved import ResolvedExperiment
 from kexp.render.settings import RenderSettings
+from kexp.storage.s3 import S3Credentials, read_object, s3_client
 
 log = logging.getLogger("kexp.operator")
 MANAGED = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
@@ -336,6 +339,42 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _job_ended(job: dict[str, Any]) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions
+    )
+
+
+async def _fetch_results(
+    memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
+) -> tuple[ResultsReport | None, str | None]:
+    """The trainer's results.json from the run's S3 prefix (None and why when absent)."""
+    meta = body["metadata"]
+    spec = body.get("spec") or {}
+    storage = {**(template_spec.get("storage") or {}), **(spec.get("storage") or {})}
+    where = ResolvedExperiment(meta["name"], meta["namespace"], meta["uid"], {"storage": storage})
+    data = await memo.kube.get_secret_data(meta["namespace"], where.secret_name)
+    if data is None:
+        return None, (
+            f"Secret {where.secret_name!r} (spec.storage.secretRef) not found; cannot read results"
+        )
+    creds = S3Credentials(
+        endpoint=data.get(contract.S3_ENDPOINT_KEY, ""),
+        access_key=data.get(contract.S3_ACCESS_KEY, ""),
+        secret_key=data.get(contract.S3_SECRET_KEY, ""),
+        region=data.get(contract.S3_REGION_KEY, "us-east-1"),
+    )
+    key = where.s3_prefix + contract.RESULTS_FILE
+    raw = await asyncio.to_thread(read_object, s3_client(creds), where.bucket, key)
+    if raw is None:
+        return None, f"no {contract.s3_uri(where.bucket, key)}: the trainer wrote no results"
+    try:
+        return ResultsReport.model_validate_json(raw), None
+    except ValueError as exc:
+        return None, f"{contract.s3_uri(where.bucket, key)} is malformed: {exc}"
+
+
 def _job_was_created(body: dict[str, Any]) -> bool:
     conditions = (body.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "JobCreated" and c.get("status") == "True" for c in conditions)
@@ -376,7 +415,12 @@ async def _observe(
     if job is None and _job_was_created(body):
         # The Job's watch event can trail our own status write: ask before calling it deleted.
         job = await memo.kube.get_job(namespace, train_job_name(name))
+    results, results_error = None, None
+    if job is not None and _job_ended(job):
+        results, results_error = await _fetch_results(memo, body, template or {})
     return Observed(
+        results=results,
+        results_error=results_error,
         template_spec=template,
         job=job,
         pods=pods,

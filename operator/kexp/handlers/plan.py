@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kexp.api import contract
+from kexp.api.reports import ResultsReport
 from kexp.render import names
 from kexp.render.resolved import ResolvedExperiment
 from kexp.render.settings import RenderSettings
@@ -27,12 +28,15 @@ from kexp.status.training import (
 )
 
 TERMINAL: Final = frozenset({"Succeeded", "Failed"})
+#: status.results keeps at most this many scores; the full set stays in S3.
+MAX_RESULTS: Final = 32
 #: Pending reasons worth a Warning event: they will not resolve without the user.
 PROBLEM_REASONS: Final = STUCK_WAITING_REASONS | {
     "Unschedulable",
     "SourceUnresolved",
     "TemplateNotFound",
     "InvalidSpec",
+    "TrainerFailed",
 }
 
 Validator = Callable[[dict[str, Any]], dict[str, Any]]
@@ -59,6 +63,10 @@ class Observed:
     experiments: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     resolved_commit: str | None = None
     source_error: str | None = None
+    #: What the trainer wrote to results.json, read once the Job has ended.
+    results: ResultsReport | None = None
+    #: Why results could not be harvested (e.g. no results.json), when they could not.
+    results_error: str | None = None
 
 
 @dataclass
@@ -266,7 +274,45 @@ def plan_pass(
     cond("Running", running, state.reason, state.message)
     if state.phase in TERMINAL:
         cond("Completed", state.phase == "Succeeded", state.reason, state.message)
+        state = _harvest(status, merged, observed, state, cond)
     return finish(state.phase, state.reason, state.message)
+
+
+def _harvest(
+    status: dict[str, Any],
+    merged: dict[str, Any],
+    observed: Observed,
+    state: TrainingState,
+    cond: Callable[[str, bool, str, str], None],
+) -> TrainingState:
+    """Results, score and checkpoints from the trainer's results.json into status."""
+    report = observed.results
+    if report is None:
+        if observed.results_error:
+            cond("Harvested", False, "ResultsMissing", observed.results_error)
+        return state
+    scores = dict(sorted(report.scores.items())[:MAX_RESULTS])
+    status["results"] = scores
+    metric = (merged.get("objective") or {}).get("metric") or "pdm_score"
+    if metric in scores:
+        status["score"] = scores[metric]
+    checkpoints = {
+        "latest": report.checkpoints.latest,
+        "best": report.checkpoints.best,
+        "bestStep": report.checkpoints.best_step,
+    }
+    status["checkpoints"] = {k: v for k, v in checkpoints.items() if v is not None}
+    cond("Harvested", True, "ResultsHarvested", f"{len(scores)} score(s) from results.json")
+    if report.outcome == "failed":
+        field = f" ({report.error_field})" if report.error_field else ""
+        return TrainingState(
+            "Failed",
+            "TrainerFailed",
+            f"{report.error}{field}",
+            state.started_at,
+            state.completed_at,
+        )
+    return state
 
 
 def _resolve_spec(spec: dict[str, Any], observed: Observed, api: ApiFunctions) -> dict[str, Any]:

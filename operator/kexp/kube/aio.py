@@ -76,6 +76,21 @@ class Kube:
                 return None
             raise
 
+    async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's decoded data, or None if it does not exist. Never logged."""
+        import base64
+
+        try:
+            secret = await self.rest.request(
+                "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}"
+            )
+        except ApiError as exc:
+            self._failed("get_secret", exc)
+            if exc.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
     async def list_experiments(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         try:
             result = await self.rest.request(

@@ -41,3 +41,20 @@ def ensure_bucket(client: Minio, bucket: str) -> bool:
         return False
     client.make_bucket(bucket)
     return True
+
+
+def read_object(client: Minio, bucket: str, key: str) -> bytes | None:
+    """An object's bytes, or None when it (or its bucket) does not exist."""
+    from minio.error import S3Error
+
+    try:
+        resp = client.get_object(bucket, key)
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchBucket"):
+            return None
+        raise
+    try:
+        return resp.read()
+    finally:
+        resp.close()
+        resp.release_conn()
