@@ -176,6 +176,8 @@ class OperatorProcess:
             "KEXP_OPERATOR_METRICS_PORT": str(self.metrics_port),
             "KEXP_OPERATOR_METRICS_ADDR": "127.0.0.1",
             "KEXP_TRAINER_IMAGE": "kexp/trainer:test",
+            "KEXP_PROGRESS_INTERVAL_S": "1",  # heartbeats are read every second in tests
+            "KEXP_STALL_SECONDS": "30",
             **(env or {}),
         }
         self._log = log_path.open("ab")

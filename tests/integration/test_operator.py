@@ -354,6 +354,7 @@ def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
         memo.metrics = OperatorMetrics()
         memo.render = RenderSettings(trainer_image="kexp/trainer:test")
         memo.locks, memo.bodies, memo.failures, memo.retries, memo.written = {}, {}, {}, {}, {}
+        memo.running, memo.shared = set(), {"indexes": None}
         empty: dict[Any, Any] = {}
         try:
             await reconcile(memo, namespace, "race", stale, (empty, empty, empty, empty))
@@ -491,3 +492,44 @@ def test_the_whole_chain_from_apply_to_harvested_scores(lab: Lab, kube: Any, tmp
     assert done["checkpoints"]["bestStep"] == 4096
     harvested = next(c for c in done["conditions"] if c["type"] == "Harvested")
     assert harvested["status"] == "True"
+
+
+def test_progress_from_the_heartbeat_and_stalled_when_it_stops(
+    lab: Lab, s3: Minio, stack: Stack
+) -> None:
+    from kexp.api.reports import ProgressReport
+
+    created = lab.create(experiment("beat", annotations={"sim.kexp.io/run-for": "60s"}))
+    lab.wait_phase("beat", "Running")
+    key = contract.s3_prefix(lab.ns, "beat", created["metadata"]["uid"]) + "progress.json"
+
+    def beat(step: int, updated_at: str) -> None:
+        data = (
+            ProgressReport(
+                step=step, total_steps=1000, steps_per_second=25.0, updated_at=updated_at
+            )
+            .to_json()
+            .encode()
+        )
+        s3.put_object(contract.DEFAULT_BUCKET, key, io.BytesIO(data), len(data))
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    beat(400, now)
+    status = wait_until(
+        lambda: s if (s := lab.status("beat")).get("progress", {}).get("step") == 400 else None,
+        what="progress in status",
+    )
+    assert status["progress"]["percent"] == 40.0
+    assert status["progress"]["stepsPerSecond"] == 25.0
+    assert "eta" in status["progress"]
+
+    beat(410, "2020-01-01T00:00:00Z")  # the trainer stopped beating long ago
+
+    def stalled() -> dict[str, Any] | None:
+        conds = lab.status("beat").get("conditions", [])
+        found = next((c for c in conds if c["type"] == "Stalled"), None)
+        return found if found and found["status"] == "True" else None
+
+    condition = wait_until(stalled, what="Stalled")
+    assert "no progress heartbeat for" in condition["message"]
+    assert "last at step 410" in condition["message"]

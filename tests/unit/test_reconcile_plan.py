@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kexp.api.reports import CheckpointsReport, ResultsReport
+from kexp.api.reports import CheckpointsReport, ProgressReport, ResultsReport
 from kexp.handlers.experiments import API_FUNCTIONS
 from kexp.handlers.plan import Observed, Plan, plan_pass, wanted_labels
 from kexp.render.settings import RenderSettings
@@ -401,3 +401,40 @@ def test_missing_results_leave_the_phase_and_say_why() -> None:
 def test_results_in_status_are_bounded() -> None:
     report = ResultsReport(outcome="succeeded", scores={f"m{i:02d}": float(i) for i in range(50)})
     assert len(_done_with(report).status["results"]) == 32
+
+
+def _running_with(progress: ProgressReport) -> Plan:
+    started = plan(exp_body())
+    return plan(
+        exp_body(status=started.status),
+        Observed(job=job(active=1), pods=[RUNNING_POD], progress=progress, stall_after_s=300),
+    )
+
+
+def test_progress_shows_step_percent_speed_and_eta() -> None:
+    p = _running_with(
+        ProgressReport(
+            step=250, total_steps=1000, steps_per_second=50.0, updated_at="2026-11-23T11:59:00Z"
+        )
+    )
+    assert p.status["progress"] == {
+        "step": 250,
+        "totalSteps": 1000,
+        "percent": 25.0,
+        "stepsPerSecond": 50.0,
+        "updatedAt": "2026-11-23T11:59:00Z",
+        "eta": "2026-11-23T11:59:15Z",
+    }  # 750 steps at 50/s
+    assert cond(p, "Stalled")["status"] == "False"
+
+
+def test_a_heartbeat_older_than_the_threshold_marks_the_run_stalled() -> None:
+    p = _running_with(
+        ProgressReport(
+            step=10, total_steps=1000, steps_per_second=0.0, updated_at="2026-11-23T11:50:00Z"
+        )
+    )  # 10 minutes before NOW
+    stalled = cond(p, "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "NoHeartbeat")
+    assert stalled["message"] == "no progress heartbeat for 600s (last at step 10)"
+    assert "eta" not in p.status["progress"]

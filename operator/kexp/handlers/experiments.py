@@ -22,7 +22,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from kexp.api import contract, models
-from kexp.api.reports import ResultsReport
+from kexp.api.reports import ProgressReport, ResultsReport
 from kexp.api.validation import validate_spec
 from kexp.handlers.metrics import OperatorMetrics
 from kexp.handlers.plan import TERMINAL, ApiFunctions, Observed, Plan, plan_pass
@@ -38,6 +38,10 @@ MANAGED = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
 MAX_CONFLICT_RETRIES = 5
 #: Delays before re-running a pass that failed for a reason other than a write conflict.
 RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: How often the heartbeats of Running experiments are read (S3 cannot be watched).
+PROGRESS_INTERVAL_S = float(os.environ.get("KEXP_PROGRESS_INTERVAL_S", "10"))
+#: A heartbeat older than this marks a run Stalled.
+STALL_AFTER_S = float(os.environ.get("KEXP_STALL_SECONDS", "600"))
 API_FUNCTIONS = ApiFunctions(
     validate=validate_spec, merge_template=models.merge_template, config_hash=models.config_hash
 )
@@ -97,6 +101,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.written = {}
     memo.failures = {}
     memo.retries = {}
+    memo.running = set()
+    memo.shared = {"indexes": None}
+    memo.progress_task = asyncio.get_running_loop().create_task(_poll_progress(memo))
     log.info("kexp operator started; trainer image %s", memo.render.trainer_image)
 
 
@@ -105,8 +112,33 @@ def post_event(body: dict[str, Any], kind: str, reason: str, message: str) -> No
     kopf.event(kopf.Body(cast("kopf.RawBody", body)), type=kind, reason=reason, message=message)
 
 
+async def _poll_progress(memo: kopf.Memo) -> None:
+    """Read the heartbeat of every Running experiment every PROGRESS_INTERVAL_S.
+
+    Not a kopf timer: those put a finalizer on every Experiment, so deleting one would hang
+    while the operator is down. Failures are logged and the loop goes on.
+    """
+    while True:
+        await asyncio.sleep(PROGRESS_INTERVAL_S)
+        indexes = memo.shared["indexes"]
+        if indexes is None:
+            continue
+        for key in list(memo.running):
+            body = _one(indexes[0], key)
+            if body is None:
+                memo.running.discard(key)
+                continue
+            try:
+                await reconcile(memo, key[0], key[1], body, indexes, read_progress=True)
+            except Exception:
+                log.exception("reading the progress of %s/%s failed", *key)
+
+
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("progress_task")
+    if task is not None:
+        task.cancel()
     kube: aio.Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
@@ -346,33 +378,53 @@ def _job_ended(job: dict[str, Any]) -> bool:
     )
 
 
-async def _fetch_results(
-    memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
-) -> tuple[ResultsReport | None, str | None]:
-    """The trainer's results.json from the run's S3 prefix (None and why when absent)."""
+async def _read_run_file(
+    memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any], name: str
+) -> tuple[bytes | None, str]:
+    """A file from the run's S3 prefix: (its bytes or None, its URI or why it cannot be read)."""
     meta = body["metadata"]
     spec = body.get("spec") or {}
     storage = {**(template_spec.get("storage") or {}), **(spec.get("storage") or {})}
     where = ResolvedExperiment(meta["name"], meta["namespace"], meta["uid"], {"storage": storage})
     data = await memo.kube.get_secret_data(meta["namespace"], where.secret_name)
     if data is None:
-        return None, (
-            f"Secret {where.secret_name!r} (spec.storage.secretRef) not found; cannot read results"
-        )
+        return None, f"Secret {where.secret_name!r} (spec.storage.secretRef) not found"
     creds = S3Credentials(
         endpoint=data.get(contract.S3_ENDPOINT_KEY, ""),
         access_key=data.get(contract.S3_ACCESS_KEY, ""),
         secret_key=data.get(contract.S3_SECRET_KEY, ""),
         region=data.get(contract.S3_REGION_KEY, "us-east-1"),
     )
-    key = where.s3_prefix + contract.RESULTS_FILE
+    key = where.s3_prefix + name
     raw = await asyncio.to_thread(read_object, s3_client(creds), where.bucket, key)
+    return raw, contract.s3_uri(where.bucket, key)
+
+
+async def _fetch_results(
+    memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
+) -> tuple[ResultsReport | None, str | None]:
+    """The trainer's results.json (None and why when absent or malformed)."""
+    raw, where = await _read_run_file(memo, body, template_spec, contract.RESULTS_FILE)
     if raw is None:
-        return None, f"no {contract.s3_uri(where.bucket, key)}: the trainer wrote no results"
+        return None, f"no {where}: the trainer wrote no results"
     try:
         return ResultsReport.model_validate_json(raw), None
     except ValueError as exc:
-        return None, f"{contract.s3_uri(where.bucket, key)} is malformed: {exc}"
+        return None, f"{where} is malformed: {exc}"
+
+
+async def _fetch_progress(
+    memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
+) -> ProgressReport | None:
+    """The trainer's latest heartbeat, if it has written one (a bad one is ignored)."""
+    raw, where = await _read_run_file(memo, body, template_spec, contract.PROGRESS_FILE)
+    if raw is None:
+        return None
+    try:
+        return ProgressReport.model_validate_json(raw)
+    except ValueError:
+        log.warning("ignoring malformed %s", where)
+        return None
 
 
 def _job_was_created(body: dict[str, Any]) -> bool:
@@ -381,7 +433,11 @@ def _job_was_created(body: dict[str, Any]) -> bool:
 
 
 async def _observe(
-    memo: kopf.Memo, namespace: str, body: dict[str, Any], indexes: tuple[Any, ...]
+    memo: kopf.Memo,
+    namespace: str,
+    body: dict[str, Any],
+    indexes: tuple[Any, ...],
+    read_progress: bool = False,
 ) -> Observed:
     experiments_idx, templates_idx, jobs_idx, pods_idx = indexes
     name = body["metadata"]["name"]
@@ -418,7 +474,12 @@ async def _observe(
     results, results_error = None, None
     if job is not None and _job_ended(job):
         results, results_error = await _fetch_results(memo, body, template or {})
+    progress = None
+    if read_progress and job is not None and not _job_ended(job):
+        progress = await _fetch_progress(memo, body, template or {})
     return Observed(
+        progress=progress,
+        stall_after_s=STALL_AFTER_S,
         results=results,
         results_error=results_error,
         template_spec=template,
@@ -485,6 +546,8 @@ async def reconcile(
     name: str,
     body: dict[str, Any],
     indexes: tuple[Any, ...],
+    *,
+    read_progress: bool = False,
 ) -> None:
     """One serialized pass for one Experiment, retried on write conflicts."""
     key = (namespace, name)
@@ -495,7 +558,7 @@ async def reconcile(
         body = _newest(memo, key, body)
         try:
             for _attempt in range(MAX_CONFLICT_RETRIES):
-                observed = await _observe(memo, namespace, body, indexes)
+                observed = await _observe(memo, namespace, body, indexes, read_progress)
                 plan = plan_pass(
                     body, observed, api=API_FUNCTIONS, settings=memo.render, now=_now()
                 )
@@ -510,6 +573,13 @@ async def reconcile(
                     continue
                 metrics.reconciles.labels(result="ok").inc()
                 metrics.observe_phase(key, plan.status.get("phase"))
+                # kopf hands each object a shallow copy of the memo: only shared containers
+                # reach the progress loop, so the indexes go into one.
+                memo.shared["indexes"] = indexes
+                if plan.status.get("phase") == "Running":
+                    memo.running.add(key)
+                else:
+                    memo.running.discard(key)
                 if plan.status.get("phase") in TERMINAL:
                     memo.bodies.pop(key, None)  # a finished record needs no newer copy
                 memo.failures.pop(key, None)

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kexp.api import contract
-from kexp.api.reports import ResultsReport
+from kexp.api.reports import ProgressReport, ResultsReport
 from kexp.render import names
 from kexp.render.resolved import ResolvedExperiment
 from kexp.render.settings import RenderSettings
 from kexp.render.training import render_children
 from kexp.status.conditions import condition, set_condition
+from kexp.status.progress import progress_status, stalled_for
 from kexp.status.training import (
     STARTING_MESSAGE,
     STUCK_WAITING_REASONS,
@@ -67,6 +68,10 @@ class Observed:
     results: ResultsReport | None = None
     #: Why results could not be harvested (e.g. no results.json), when they could not.
     results_error: str | None = None
+    #: The trainer's latest heartbeat, read while the run is Running.
+    progress: ProgressReport | None = None
+    #: A heartbeat older than this many seconds marks the run Stalled.
+    stall_after_s: float = 600.0
 
 
 @dataclass
@@ -272,6 +277,18 @@ def plan_pass(
     status["provenance"] = prov
     running = state.phase == "Running"
     cond("Running", running, state.reason, state.message)
+    if running and observed.progress is not None:
+        status["progress"] = progress_status(observed.progress)
+        age = stalled_for(observed.progress, now, observed.stall_after_s)
+        if age is not None:
+            cond(
+                "Stalled",
+                True,
+                "NoHeartbeat",
+                f"no progress heartbeat for {age:.0f}s (last at step {observed.progress.step})",
+            )
+        else:
+            cond("Stalled", False, "Heartbeat", f"step {observed.progress.step}")
     if state.phase in TERMINAL:
         cond("Completed", state.phase == "Succeeded", state.reason, state.message)
         state = _harvest(status, merged, observed, state, cond)
