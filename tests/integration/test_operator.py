@@ -354,7 +354,7 @@ def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
         memo.metrics = OperatorMetrics()
         memo.render = RenderSettings(trainer_image="kexp/trainer:test")
         memo.locks, memo.bodies, memo.failures, memo.retries, memo.written = {}, {}, {}, {}, {}
-        memo.running, memo.shared = set(), {"indexes": None}
+        memo.running, memo.shared = set(), {"indexes": None, "secrets": {}}
         empty: dict[Any, Any] = {}
         try:
             await reconcile(memo, namespace, "race", stale, (empty, empty, empty, empty))

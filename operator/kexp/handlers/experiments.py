@@ -40,6 +40,8 @@ MAX_CONFLICT_RETRIES = 5
 RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 #: How often the heartbeats of Running experiments are read (S3 cannot be watched).
 PROGRESS_INTERVAL_S = float(os.environ.get("KEXP_PROGRESS_INTERVAL_S", "10"))
+#: How long S3 credentials read from a Secret are reused.
+SECRET_TTL_S = 30.0
 #: A heartbeat older than this marks a run Stalled.
 STALL_AFTER_S = float(os.environ.get("KEXP_STALL_SECONDS", "600"))
 API_FUNCTIONS = ApiFunctions(
@@ -102,7 +104,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.failures = {}
     memo.retries = {}
     memo.running = set()
-    memo.shared = {"indexes": None}
+    memo.shared = {"indexes": None, "secrets": {}}
     memo.progress_task = asyncio.get_running_loop().create_task(_poll_progress(memo))
     log.info("kexp operator started; trainer image %s", memo.render.trainer_image)
 
@@ -378,6 +380,19 @@ def _job_ended(job: dict[str, Any]) -> bool:
     )
 
 
+async def _secret_data(memo: kopf.Memo, namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's data, cached for SECRET_TTL_S: heartbeats of many runs share one read."""
+    cache: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = memo.shared["secrets"]
+    now = time.monotonic()
+    hit = cache.get((namespace, name))
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    kube: aio.Kube = memo.kube
+    data = await kube.get_secret_data(namespace, name)
+    cache[(namespace, name)] = (now + SECRET_TTL_S, data)
+    return data
+
+
 async def _read_run_file(
     memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any], name: str
 ) -> tuple[bytes | None, str]:
@@ -386,7 +401,7 @@ async def _read_run_file(
     spec = body.get("spec") or {}
     storage = {**(template_spec.get("storage") or {}), **(spec.get("storage") or {})}
     where = ResolvedExperiment(meta["name"], meta["namespace"], meta["uid"], {"storage": storage})
-    data = await memo.kube.get_secret_data(meta["namespace"], where.secret_name)
+    data = await _secret_data(memo, meta["namespace"], where.secret_name)
     if data is None:
         return None, f"Secret {where.secret_name!r} (spec.storage.secretRef) not found"
     creds = S3Credentials(
