@@ -6,10 +6,36 @@ The functions here are pure tensor code, tested against hand-computed values.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, TypeVar
 
 import gymnasium as gym
 import torch
+
+T = TypeVar("T")
+
+
+def args_from_hyperparameters(cls: type[T], hp: Mapping[str, Any], algorithm: str) -> T:
+    """An algorithm's args dataclass from camelCase spec.hyperparameters.
+
+    Unknown keys are refused naming the field, so a typo never trains with a silent default.
+    """
+    defaults = cls()
+    camel = {
+        "".join(w.title() if i else w for i, w in enumerate(f.name.split("_"))): f.name
+        for f in fields(cls)  # type: ignore[arg-type]
+    }
+    values: dict[str, Any] = {}
+    for key, value in hp.items():
+        name = camel.get(key)
+        if name is None:
+            raise ValueError(
+                f"spec.hyperparameters.{key}: not a {algorithm} hyperparameter "
+                f"(known: {', '.join(sorted(camel))})"
+            )
+        values[name] = type(getattr(defaults, name))(value)
+    return cls(**values)
 
 
 def gae(

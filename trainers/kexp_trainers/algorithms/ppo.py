@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -18,7 +18,12 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Normal
 
-from kexp_trainers.algorithms.common import clipped_policy_loss, gae, value_loss
+from kexp_trainers.algorithms.common import (
+    args_from_hyperparameters,
+    clipped_policy_loss,
+    gae,
+    value_loss,
+)
 
 #: Metric names this algorithm reports (fixed, so dashboards can rely on them).
 METRICS = ("episode_reward", "policy_loss", "value_loss", "entropy", "approx_kl", "sps")
@@ -44,20 +49,7 @@ class PPOArgs:
     @classmethod
     def from_hyperparameters(cls, hp: Mapping[str, Any]) -> PPOArgs:
         """Read camelCase spec.hyperparameters; unknown keys are refused, naming the field."""
-        known = {f.name: f for f in fields(cls)}
-        camel = {
-            "".join(w.title() if i else w for i, w in enumerate(n.split("_"))): n for n in known
-        }
-        values: dict[str, Any] = {}
-        for key, value in hp.items():
-            name = camel.get(key)
-            if name is None:
-                raise ValueError(
-                    f"spec.hyperparameters.{key}: not a PPO hyperparameter "
-                    f"(known: {', '.join(sorted(camel))})"
-                )
-            values[name] = type(getattr(cls(), name))(value)
-        return cls(**values)
+        return args_from_hyperparameters(cls, hp, "PPO")
 
 
 def _layer(inputs: int, outputs: int, std: float = np.sqrt(2)) -> nn.Linear:

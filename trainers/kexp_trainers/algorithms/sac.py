@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kexp_trainers.algorithms.common import args_from_hyperparameters
 
 METRICS = ("episode_reward", "q_loss", "actor_loss", "alpha", "sps")
 
@@ -38,20 +40,7 @@ class SACArgs:
     @classmethod
     def from_hyperparameters(cls, hp: Mapping[str, Any]) -> SACArgs:
         """Read camelCase spec.hyperparameters; unknown keys are refused, naming the field."""
-        known = {f.name for f in fields(cls)}
-        camel = {
-            "".join(w.title() if i else w for i, w in enumerate(n.split("_"))): n for n in known
-        }
-        values: dict[str, Any] = {}
-        for key, value in hp.items():
-            name = camel.get(key)
-            if name is None:
-                raise ValueError(
-                    f"spec.hyperparameters.{key}: not a SAC hyperparameter "
-                    f"(known: {', '.join(sorted(camel))})"
-                )
-            values[name] = type(getattr(cls(), name))(value)
-        return cls(**values)
+        return args_from_hyperparameters(cls, hp, "SAC")
 
 
 class SoftQ(nn.Module):
