@@ -20,6 +20,7 @@ from kexp.api import contract
 from kexp.dev import cluster
 from kexp.dev.prometheus import Prometheus
 from kexp.dev.stack import Stack
+from kexp.kube.crds import apply_crds
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.stack
@@ -177,21 +178,8 @@ CEL_CRD = {
 def test_crd_cel_rule_rejects_a_violating_object_with_its_message(
     kube: Any, namespace: str
 ) -> None:
-    ext = client.ApiextensionsV1Api(kube)
-    try:
-        ext.create_custom_resource_definition(CEL_CRD)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
+    apply_crds(kube, [CEL_CRD])  # creates it and waits until it is Established
     custom = client.CustomObjectsApi(kube)
-
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition(CEL_CRD["metadata"]["name"])
-        return any(
-            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
-        )
-
-    wait_until(established, what="CRD established")
 
     def create(low: float, high: float) -> Any:
         body = {

@@ -487,7 +487,9 @@ async def _observe(
         # The Job's watch event can trail our own status write: ask before calling it deleted.
         job = await memo.kube.get_job(namespace, train_job_name(name))
     results, results_error = None, None
-    if job is not None and _job_ended(job):
+    finished = (body.get("status") or {}).get("phase") in TERMINAL
+    if job is not None and _job_ended(job) and not finished:
+        # Read once, on the pass that finishes the run; a finished record is never re-planned.
         results, results_error = await _fetch_results(memo, body, template or {})
     progress = None
     if read_progress and job is not None and not _job_ended(job):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import config
 
 
 def sync_api_client(kubeconfig: Path | None = None, *, context: str | None = None) -> Any:
@@ -13,8 +13,3 @@ def sync_api_client(kubeconfig: Path | None = None, *, context: str | None = Non
     return config.new_client_from_config(
         config_file=str(kubeconfig) if kubeconfig else None, context=context
     )
-
-
-def core_v1(api: Any) -> Any:
-    """The CoreV1Api of a client."""
-    return client.CoreV1Api(api)
