@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from kexp_trainers.runtime.environment import environment_report, pick_device, s
 from kexp_trainers.runtime.metrics import TrainerMetrics
 from kexp_trainers.runtime.reporting import RunReporter
 from kexp_trainers.runtime.s3 import credentials_from_env
+
+#: A progress line in the log at most this often (the heartbeat file is the fast channel).
+LOG_EVERY_S = 10.0
 
 log = logging.getLogger("kexp_trainers")
 
@@ -118,8 +122,21 @@ def train_run(
             if name in stats:
                 metrics.loss(name, stats[name])
         reporter.log(step, stats)
+        now = time.monotonic()
+        if now - update.logged >= LOG_EVERY_S or step >= config.total_steps:  # type: ignore[attr-defined]
+            update.logged = now  # type: ignore[attr-defined]
+            reward = stats.get("episode_reward")
+            log.info(
+                "step %d/%d (%.0f%%) %.0f steps/s%s",
+                step,
+                config.total_steps,
+                100.0 * step / config.total_steps,
+                stats.get("sps", 0.0),
+                f" episode_reward {reward:.2f}" if reward is not None else "",
+            )
 
     update.last = state.step if state else 0  # type: ignore[attr-defined]
+    update.logged = time.monotonic()  # type: ignore[attr-defined]
     every = (config.spec.get("training") or {}).get("checkpointEvery")
     state = algo.train(
         envs,

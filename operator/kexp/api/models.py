@@ -319,10 +319,63 @@ class Training(_Model):
     )
 
 
+class CsvAggregate(StrEnum):
+    """How the rows of a custom evaluator's CSV become one score per column."""
+
+    MEAN = "mean"
+    LAST = "last"
+    MIN = "min"
+    MAX = "max"
+
+
+#: A key under the run's S3 prefix: relative, no "..", no empty segments.
+RELATIVE_KEY_PATTERN: Final = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+MAX_CSV_COLUMNS: Final = 64
+
+
+class ResultsCsv(_Model):
+    """A CSV that a custom evaluator writes under the run's S3 prefix instead of results.json.
+
+    The harvester reads it when the run ends and maps the named columns onto scores, e.g.
+    ``columns: {pdm_score: PDMS, collision_rate: NC}`` for a NAVSIM-style per-scenario table.
+    Scores from the CSV win over scores of the same name in results.json.
+    """
+
+    path: Annotated[str, StringConstraints(max_length=TEXT_MAX, pattern=RELATIVE_KEY_PATTERN)] = (
+        Field(
+            default="results.csv",
+            description="Key of the CSV, relative to the run's S3 prefix (no leading slash).",
+        )
+    )
+    columns: Annotated[
+        dict[Name, Name],
+        WithJsonSchema(
+            {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": MAX_CSV_COLUMNS,
+                "additionalProperties": {"type": "string", "minLength": 1, "maxLength": NAME_MAX},
+            }
+        ),
+    ] = Field(
+        min_length=1,
+        max_length=MAX_CSV_COLUMNS,
+        description="Score name -> CSV column header whose numbers become that score.",
+    )
+    aggregate: CsvAggregate = Field(
+        default=CsvAggregate.MEAN,
+        description="How rows combine into one score: mean (e.g. over scenarios), last, min, max.",
+    )
+
+
 class Evaluation(_Model):
     """The final (and periodic) evaluation of the trained policy."""
 
     episodes: int = Field(default=10, ge=1, le=100000, description="Episodes per evaluation.")
+    results_csv: ResultsCsv | None = Field(
+        default=None,
+        description="Harvest scores from a custom evaluator's CSV (column -> score mapping).",
+    )
 
 
 class Objective(_Model):

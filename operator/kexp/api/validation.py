@@ -18,7 +18,8 @@ def describe_errors(exc: ValidationError, root: str = "spec") -> str:
     parts = []
     for err in exc.errors(include_url=False):
         path = ".".join(str(p) for p in (root, *err["loc"]))
-        parts.append(f"{path}: {err['msg']}")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{path}: {message}")
     return "; ".join(parts)
 
 

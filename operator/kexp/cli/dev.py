@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+import socket
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import click
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
 
 from kexp.dev import toolchain
 from kexp.dev.stack import Stack, StackError
@@ -126,3 +132,78 @@ def env(state_dir: Path | None) -> None:
         _fail(exc)
     for key, value in variables.items():
         click.echo(f"export {key}={shlex.quote(value)}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dev.command("run-trainer")
+@_state_option
+@click.argument("name")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the experiment's training Job to appear.",
+)
+def run_trainer(state_dir: Path | None, name: str, namespace: str, timeout_s: float) -> None:
+    """Run experiment NAME's trainer pod as a local process (kwok nodes run no containers).
+
+    Exactly the pod's command, environment, mounted config and S3 credentials; its metrics
+    endpoint is scraped by the stack's Prometheus while it runs. Output is shown here and
+    kept in the stack's logs/ dir. Exits with the trainer's exit code.
+    """
+    from kexp.dev.podrunner import run_pod_as_process
+    from kexp.kube.client import sync_api_client
+    from kexp.render.names import train_job_name
+
+    stack = Stack(state_dir)
+    api = sync_api_client(stack.kubeconfig)
+    batch = k8s.BatchV1Api(api)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            job = batch.read_namespaced_job(train_job_name(name), namespace)
+            break
+        except ApiException as exc:
+            if exc.status != 404:
+                _fail(RuntimeError(f"cannot read Job {train_job_name(name)}: {exc.reason}"))
+        if time.monotonic() > deadline:
+            _fail(RuntimeError(f"experiment {name!r} has no training Job after {timeout_s:.0f}s"))
+        time.sleep(0.5)
+    port = _free_port()
+    target = f"trainer-{namespace}-{name}"
+    prom = stack.prometheus()
+    prom.add_target(target, f"127.0.0.1:{port}", {"namespace": namespace})
+    log_path = stack.state_dir / "logs" / f"{target}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    workdir = Path(tempfile.mkdtemp(prefix=f"kexp-{name}-"))
+    _log(f"running {name}'s trainer pod as a local process (log {log_path})")
+    proc = run_pod_as_process(
+        api, namespace, api.sanitize_for_serialization(job), workdir, log_path, port
+    )
+    try:
+        with log_path.open("rb") as log:
+            log.seek(offset)
+            while True:
+                chunk = log.read()
+                if chunk:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                elif proc.poll() is not None:
+                    break
+                else:
+                    time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        prom.remove_target(target)
+        shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(proc.returncode)

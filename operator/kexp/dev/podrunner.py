@@ -27,7 +27,7 @@ def _volume_source(pod: dict[str, Any], mount_path: str) -> dict[str, Any]:
 
 
 def pod_process_args(
-    api: Any, namespace: str, job: dict[str, Any], workdir: Path
+    api: Any, namespace: str, job: dict[str, Any], workdir: Path, metrics_port: int = 0
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that run ``job``'s trainer here (pure, apart from reading)."""
     core = client.CoreV1Api(api)
@@ -51,7 +51,8 @@ def pod_process_args(
     env = {e["name"]: e.get("value", "") for e in container.get("env") or []}
     env[contract.ENV_CONFIG] = str(config_dir / contract.CONFIG_FILE)
     env[contract.ENV_S3_SECRET_DIR] = str(secret_dir)
-    env[contract.ENV_METRICS_PORT] = "0"  # several local runs must not fight over :9090
+    # Several local runs must not fight over :9090: each gets its own port, or none (0).
+    env[contract.ENV_METRICS_PORT] = str(metrics_port)
     argv = [*container.get("command", []), *container.get("args", [])]
     if argv and argv[0] == "python":
         argv[0] = sys.executable
@@ -59,10 +60,15 @@ def pod_process_args(
 
 
 def run_pod_as_process(
-    api: Any, namespace: str, job: dict[str, Any], workdir: Path, log_path: Path
+    api: Any,
+    namespace: str,
+    job: dict[str, Any],
+    workdir: Path,
+    log_path: Path,
+    metrics_port: int = 0,
 ) -> subprocess.Popen[bytes]:
     """Start the Job's trainer as a local process, its output going to ``log_path``."""
-    argv, env = pod_process_args(api, namespace, job, workdir)
+    argv, env = pod_process_args(api, namespace, job, workdir, metrics_port)
     log = log_path.open("ab")
     return subprocess.Popen(
         argv,

@@ -31,7 +31,9 @@ from kexp.kube import aio
 from kexp.render.names import train_job_name
 from kexp.render.resolved import ResolvedExperiment
 from kexp.render.settings import RenderSettings
-from kexp.storage.s3 import S3Credentials, read_object, s3_client
+from kexp.status.harvest import results_csv_spec
+from kexp.storage.runfiles import credentials_from_secret, read_progress, read_results
+from kexp.storage.s3 import s3_client
 
 log = logging.getLogger("kexp.operator")
 MANAGED = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
@@ -373,6 +375,11 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _job_succeeded(job: dict[str, Any]) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Complete" and c.get("status") == "True" for c in conditions)
+
+
 def _job_ended(job: dict[str, Any]) -> bool:
     conditions = (job.get("status") or {}).get("conditions") or []
     return any(
@@ -393,53 +400,48 @@ async def _secret_data(memo: kopf.Memo, namespace: str, name: str) -> dict[str, 
     return data
 
 
-async def _read_run_file(
-    memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any], name: str
-) -> tuple[bytes | None, str]:
-    """A file from the run's S3 prefix: (its bytes or None, its URI or why it cannot be read)."""
+async def _run_location(
+    memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
+) -> tuple[Any, ResolvedExperiment] | str:
+    """An S3 client and where the run writes, or why its storage cannot be reached."""
     meta = body["metadata"]
     spec = body.get("spec") or {}
     storage = {**(template_spec.get("storage") or {}), **(spec.get("storage") or {})}
     where = ResolvedExperiment(meta["name"], meta["namespace"], meta["uid"], {"storage": storage})
     data = await _secret_data(memo, meta["namespace"], where.secret_name)
     if data is None:
-        return None, f"Secret {where.secret_name!r} (spec.storage.secretRef) not found"
-    creds = S3Credentials(
-        endpoint=data.get(contract.S3_ENDPOINT_KEY, ""),
-        access_key=data.get(contract.S3_ACCESS_KEY, ""),
-        secret_key=data.get(contract.S3_SECRET_KEY, ""),
-        region=data.get(contract.S3_REGION_KEY, "us-east-1"),
-    )
-    key = where.s3_prefix + name
-    raw = await asyncio.to_thread(read_object, s3_client(creds), where.bucket, key)
-    return raw, contract.s3_uri(where.bucket, key)
+        return f"Secret {where.secret_name!r} (spec.storage.secretRef) not found"
+    return s3_client(credentials_from_secret(data)), where
 
 
 async def _fetch_results(
-    memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
+    memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any], job_succeeded: bool
 ) -> tuple[ResultsReport | None, str | None]:
-    """The trainer's results.json (None and why when absent or malformed)."""
-    raw, where = await _read_run_file(memo, body, template_spec, contract.RESULTS_FILE)
-    if raw is None:
-        return None, f"no {where}: the trainer wrote no results"
-    try:
-        return ResultsReport.model_validate_json(raw), None
-    except ValueError as exc:
-        return None, f"{where} is malformed: {exc}"
+    """The trainer's results (None and why when absent or malformed)."""
+    located = await _run_location(memo, body, template_spec)
+    if isinstance(located, str):
+        return None, located
+    client, where = located
+    merged = models.merge_template(template_spec, body.get("spec") or {})
+    return await asyncio.to_thread(
+        read_results,
+        client,
+        where.bucket,
+        where.s3_prefix,
+        results_csv_spec(merged),
+        job_succeeded=job_succeeded,
+    )
 
 
 async def _fetch_progress(
     memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
 ) -> ProgressReport | None:
     """The trainer's latest heartbeat, if it has written one (a bad one is ignored)."""
-    raw, where = await _read_run_file(memo, body, template_spec, contract.PROGRESS_FILE)
-    if raw is None:
+    located = await _run_location(memo, body, template_spec)
+    if isinstance(located, str):
         return None
-    try:
-        return ProgressReport.model_validate_json(raw)
-    except ValueError:
-        log.warning("ignoring malformed %s", where)
-        return None
+    client, where = located
+    return await asyncio.to_thread(read_progress, client, where.bucket, where.s3_prefix)
 
 
 def _job_was_created(body: dict[str, Any]) -> bool:
@@ -490,7 +492,9 @@ async def _observe(
     finished = (body.get("status") or {}).get("phase") in TERMINAL
     if job is not None and _job_ended(job) and not finished:
         # Read once, on the pass that finishes the run; a finished record is never re-planned.
-        results, results_error = await _fetch_results(memo, body, template or {})
+        results, results_error = await _fetch_results(
+            memo, body, template or {}, _job_succeeded(job)
+        )
     progress = None
     if read_progress and job is not None and not _job_ended(job):
         progress = await _fetch_progress(memo, body, template or {})

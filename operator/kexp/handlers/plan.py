@@ -16,10 +16,11 @@ from typing import Any, Final
 from kexp.api import contract
 from kexp.api.reports import ProgressReport, ResultsReport
 from kexp.render import names
-from kexp.render.resolved import ResolvedExperiment
+from kexp.render.resolved import ResolvedExperiment, init_checkpoint_uri
 from kexp.render.settings import RenderSettings
 from kexp.render.training import render_children
 from kexp.status.conditions import condition, set_condition
+from kexp.status.harvest import failure_message, harvested_fields
 from kexp.status.progress import progress_status, stalled_for
 from kexp.status.training import (
     STARTING_MESSAGE,
@@ -29,8 +30,6 @@ from kexp.status.training import (
 )
 
 TERMINAL: Final = frozenset({"Succeeded", "Failed"})
-#: status.results keeps at most this many scores; the full set stays in S3.
-MAX_RESULTS: Final = 32
 #: Pending reasons worth a Warning event: they will not resolve without the user.
 PROBLEM_REASONS: Final = STUCK_WAITING_REASONS | {
     "Unschedulable",
@@ -128,21 +127,6 @@ def _init_from_chain(name: str, first: str, experiments: Mapping[str, dict[str, 
         body = experiments.get(current)
         current = ((body or {}).get("spec", {}).get("initFrom") or {}).get("experiment")
     return first
-
-
-def _init_checkpoint(
-    namespace: str, spec: dict[str, Any], init_from: dict[str, Any], ref: dict[str, Any]
-) -> str:
-    which = init_from.get("checkpoint") or "best"
-    checkpoints = (ref.get("status") or {}).get("checkpoints") or {}
-    if checkpoints.get(which):
-        return str(checkpoints[which])
-    # Before results are harvested, the contract's layout still says where it is.
-    ref_spec = ref.get("spec") or {}
-    bucket = (ref_spec.get("storage") or {}).get("bucket") or contract.DEFAULT_BUCKET
-    prefix = contract.s3_prefix(namespace, ref["metadata"]["name"], ref["metadata"]["uid"])
-    key = contract.BEST_CHECKPOINT if which == "best" else contract.LATEST_POINTER
-    return contract.s3_uri(str(bucket), prefix + key)
 
 
 def _provenance(
@@ -308,26 +292,14 @@ def _harvest(
         if observed.results_error:
             cond("Harvested", False, "ResultsMissing", observed.results_error)
         return state
-    scores = dict(sorted(report.scores.items())[:MAX_RESULTS])
-    status["results"] = scores
-    metric = (merged.get("objective") or {}).get("metric") or "pdm_score"
-    if metric in scores:
-        status["score"] = scores[metric]
-    checkpoints = {
-        "latest": report.checkpoints.latest,
-        "best": report.checkpoints.best,
-        "bestStep": report.checkpoints.best_step,
-    }
-    status["checkpoints"] = {k: v for k, v in checkpoints.items() if v is not None}
-    cond("Harvested", True, "ResultsHarvested", f"{len(scores)} score(s) from results.json")
-    if report.outcome == "failed":
-        field = f" ({report.error_field})" if report.error_field else ""
+    fields = harvested_fields(report, merged)
+    status["provenance"] = {**(status.get("provenance") or {}), **fields.pop("provenance")}
+    status.update(fields)
+    cond("Harvested", True, "ResultsHarvested", f"{len(fields['results'])} score(s) harvested")
+    failure = failure_message(report)
+    if failure is not None:
         return TrainingState(
-            "Failed",
-            "TrainerFailed",
-            f"{report.error}{field}",
-            state.started_at,
-            state.completed_at,
+            "Failed", "TrainerFailed", failure, state.started_at, state.completed_at
         )
     return state
 
@@ -379,4 +351,4 @@ def _resolve_init_from(
             f"waiting for experiment {ref_name!r} (spec.initFrom.experiment) to succeed; "
             f"it is {ref_phase}",
         )
-    return _init_checkpoint(meta["namespace"], merged, init_from, ref)
+    return init_checkpoint_uri(meta["namespace"], init_from, ref)

@@ -65,3 +65,19 @@ class ResolvedExperiment:
             "controller": True,
             "blockOwnerDeletion": True,
         }
+
+
+def init_checkpoint_uri(namespace: str, init_from: dict[str, Any], ref: dict[str, Any]) -> str:
+    """The S3 URI ``spec.initFrom`` points at, given the experiment it names (as read).
+
+    The harvested URI when there is one; before harvest, where the contract's layout puts it.
+    """
+    which = init_from.get("checkpoint") or "best"
+    checkpoints = (ref.get("status") or {}).get("checkpoints") or {}
+    if checkpoints.get(which):
+        return str(checkpoints[which])
+    ref_spec = ref.get("spec") or {}
+    bucket = (ref_spec.get("storage") or {}).get("bucket") or contract.DEFAULT_BUCKET
+    prefix = contract.s3_prefix(namespace, ref["metadata"]["name"], ref["metadata"]["uid"])
+    key = contract.BEST_CHECKPOINT if which == "best" else contract.LATEST_POINTER
+    return contract.s3_uri(str(bucket), prefix + key)
