@@ -147,6 +147,7 @@ def progress_table(
     first = [c for c in (main_curve(curves, objective), objective) if c in curves.columns]
     names = list(dict.fromkeys([*first, *curves.columns]))[:columns]
     n = len(curves.steps)
-    picks = sorted({round(i * (n - 1) / max(1, rows - 1)) for i in range(min(rows, n))})
+    count = min(rows, n)
+    picks = sorted({round(i * (n - 1) / max(1, count - 1)) for i in range(count)})
     table = [[curves.steps[i], *(curves.columns[c][i] for c in names)] for i in picks]
     return ["step", *names], table

@@ -76,6 +76,8 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
         b = dt.datetime.fromisoformat(end.replace("Z", "+00:00"))
     except ValueError:
         return None
+    if (a.tzinfo is None) != (b.tzinfo is None):
+        a, b = a.replace(tzinfo=None), b.replace(tzinfo=None)  # both UTC, as Kubernetes writes
     return (b - a).total_seconds()
 
 

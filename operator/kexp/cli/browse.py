@@ -47,6 +47,8 @@ def age(timestamp: str | None, now: dt.datetime | None = None) -> str:
         then = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     except ValueError:
         return ""
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=dt.UTC)  # Kubernetes writes UTC
     seconds = int(((now or dt.datetime.now(dt.UTC)) - then).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= 2 * size or (unit == "m" and seconds >= size):
