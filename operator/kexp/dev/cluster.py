@@ -7,11 +7,16 @@ template) let a test shape that life:
 - ``sim.kexp.io/run-for: "5s"`` keeps the pod Running that long before it ends;
 - ``sim.kexp.io/exit-code: "137"`` ends it Failed with that exit code, and
   ``sim.kexp.io/reason: "OOMKilled"`` gives the container's termination reason.
+
+kwok also answers for each node's kubelet, so ``kubectl logs`` works: a pod's container log is
+whatever file its kwok ``Logs`` object names (``register_pod_logs``), in the CRI log format a
+kubelet reads (``to_cri_log`` converts output to it).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,12 +27,76 @@ from kubernetes.client.rest import ApiException
 
 from kexp.api import contract
 from kexp.kube.client import sync_api_client
+from kexp.kube.crds import apply_crds
 from kexp.storage.s3 import S3Credentials, ensure_bucket, s3_client
 
 KWOK_NODE_ANNOTATION: Final = "kwok.x-k8s.io/node"
 SIM_RUN_FOR: Final = f"{contract.SIM_ANNOTATION_PREFIX}run-for"
 SIM_EXIT_CODE: Final = f"{contract.SIM_ANNOTATION_PREFIX}exit-code"
 SIM_REASON: Final = f"{contract.SIM_ANNOTATION_PREFIX}reason"
+
+KWOK_GROUP: Final = "kwok.x-k8s.io"
+KWOK_VERSION: Final = "v1alpha1"
+#: kwok kinds read from the API server (``--enable-crds``) rather than from kwok's config file.
+KWOK_ENABLED_CRDS: Final = ("Logs",)
+
+#: kwok v0.7.0's Logs CRD (kustomize/crd/bases/kwok.x-k8s.io_logs.yaml), with the status
+#: schema left open: kwok writes no status for Logs, and the spec is all it reads.
+LOGS_CRD: Final[dict[str, Any]] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": f"logs.{KWOK_GROUP}"},
+    "spec": {
+        "group": KWOK_GROUP,
+        "names": {"kind": "Logs", "listKind": "LogsList", "plural": "logs", "singular": "logs"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": KWOK_VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "description": "Logs provides logging configuration for a single pod.",
+                        "type": "object",
+                        "required": ["metadata", "spec"],
+                        "properties": {
+                            "apiVersion": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "metadata": {"type": "object"},
+                            "spec": {
+                                "type": "object",
+                                "required": ["logs"],
+                                "properties": {
+                                    "logs": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {
+                                                "containers": {
+                                                    "type": "array",
+                                                    "items": {"type": "string"},
+                                                },
+                                                "follow": {"type": "boolean"},
+                                                "logsFile": {"type": "string"},
+                                                "previousLogsFile": {"type": "string"},
+                                            },
+                                        },
+                                    }
+                                },
+                            },
+                            "status": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            },
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
 
 #: Simulated nodes: one CPU node and two GPU nodes (two, so multi-node DDP can be placed).
 NODES: Final[tuple[dict[str, Any], ...]] = (
@@ -293,3 +362,79 @@ def bootstrap(
         log(f"nodes ready: {', '.join(sorted(names))}")
     finally:
         api.close()
+
+
+def install_kwok_crds(kubeconfig: Path, *, deadline: float) -> None:
+    """Create or update the CRDs of ``KWOK_ENABLED_CRDS`` and wait until they are served."""
+    api = sync_api_client(kubeconfig)
+    try:
+        apply_crds(api, [LOGS_CRD], timeout_s=max(1.0, deadline - time.monotonic()))
+    finally:
+        api.close()
+
+
+def to_cri_log(output: bytes, when: dt.datetime, stream: str = "stdout") -> tuple[bytes, bytes]:
+    """The complete lines of ``output`` in the CRI log format, and the unterminated rest (pure).
+
+    A kubelet, and kwok in its place, serves only this format (or Docker's JSON lines):
+    ``<RFC 3339 time> <stream> F <text>`` per line. As a container runtime does, a line is
+    written once it has ended, so ``tailLines`` counts whole lines: pass the rest back in
+    front of the next output, and with a newline added when the output is over.
+    """
+    stamp = when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+    *lines, rest = output.split(b"\n")
+    return b"".join(b"%s %s F %s\n" % (stamp, stream.encode(), line) for line in lines), rest
+
+
+def register_pod_logs(
+    api: Any, namespace: str, pod: str, container: str, log_path: Path, follow: bool = True
+) -> None:
+    """Serve ``log_path`` as the log of ``pod``'s ``container`` (``kubectl logs``).
+
+    Creates, or updates, the pod's kwok ``Logs`` object: the entry for ``container`` is
+    replaced, the other containers' are kept. The file must be in the CRI log format
+    (``to_cri_log``) and is read when a client asks, so it may still grow; ``follow`` is
+    recorded in the object, while kwok v0.7.0 follows when the request asks (``-f``). The
+    object is owned by the pod, so the garbage collector deletes it with the pod.
+    Raises ApiException: 404 when the pod does not exist, or when the stack predates the
+    Logs CRD (``kexp dev down && kexp dev up`` installs it).
+    """
+    owner = client.CoreV1Api(api).read_namespaced_pod(pod, namespace)
+    custom = client.CustomObjectsApi(api)
+    entry = {"containers": [container], "logsFile": str(log_path.absolute()), "follow": follow}
+    body: dict[str, Any] = {
+        "apiVersion": f"{KWOK_GROUP}/{KWOK_VERSION}",
+        "kind": "Logs",
+        "metadata": {
+            "name": pod,
+            "namespace": namespace,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": owner.metadata.uid}
+            ],
+        },
+        "spec": {"logs": [entry]},
+    }
+    args = (KWOK_GROUP, KWOK_VERSION, namespace, "logs")
+    while True:
+        try:
+            custom.create_namespaced_custom_object(*args, body)
+            return
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        current = custom.get_namespaced_custom_object(*args, pod)
+        kept = []
+        for other in current.get("spec", {}).get("logs") or []:
+            names = [c for c in other.get("containers") or [] if c != container]
+            if names:
+                kept.append({**other, "containers": names})
+        body["spec"]["logs"] = [*kept, entry]
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        try:
+            custom.replace_namespaced_custom_object(*args, pod, body)
+            return
+        except ApiException as exc:
+            # 409: changed since it was read; 404: deleted since. Either way, start over.
+            if exc.status not in (404, 409):
+                raise
+        del body["metadata"]["resourceVersion"]

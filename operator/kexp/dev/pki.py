@@ -1,8 +1,9 @@
 """Certificates, keys and tokens for the local control plane, generated once per state dir.
 
-The stack uses one CA for the API server's serving certificate (and for the controller
-manager's CSR signer), an RSA key pair for service-account tokens, and static bearer tokens
-for the admin user. Files are written 0600 and never logged.
+The stack uses one CA for the API server's serving certificate, kwok's (the API server dials
+kwok as each node's kubelet, for pod logs, and verifies it against the CA) and the controller
+manager's CSR signer; an RSA key pair for service-account tokens; and static bearer tokens for
+the admin user. Files are written 0600 and never logged.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ API_SERVER_DNS_NAMES = (
 #: 127.0.0.1 for this machine; 10.96.0.1 is the first IP of the service range (the
 #: ``kubernetes`` Service).
 API_SERVER_IPS = ("127.0.0.1", "10.96.0.1")
+#: kwok's nodes advertise 127.0.0.1 as their InternalIP, the address the API server dials.
+KUBELET_IPS = ("127.0.0.1",)
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,17 @@ class PkiPaths:
     def admin_token(self) -> Path:
         return self.root / "admin.token"
 
+    @property
+    def kubelet_cert(self) -> Path:
+        """Serving certificate of kwok's kubelet endpoints (``/containerLogs``, ...)."""
+        return self.root / "kubelet.crt"
+
+    @property
+    def kubelet_key(self) -> Path:
+        return self.root / "kubelet.key"
+
     def all_files(self) -> tuple[Path, ...]:
+        """The credentials that come with the CA; the kubelet's are issued separately."""
         return (
             self.ca_cert,
             self.ca_key,
@@ -104,10 +117,52 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _server_cert(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    dns_names: tuple[str, ...],
+    ips: tuple[str, ...],
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
 def ensure_pki(paths: PkiPaths) -> None:
-    """Create whatever credentials are missing; existing ones are kept (the cluster trusts them)."""
-    if all(p.exists() for p in paths.all_files()):
-        return
+    """Create whatever credentials are missing; existing ones are kept (the cluster trusts them).
+
+    The kubelet certificate is issued on its own from the existing CA, so a state dir made
+    before it existed gains one without replacing the CA that running clients trust.
+    """
+    if not all(p.exists() for p in paths.all_files()):
+        _new_ca_and_credentials(paths)
+        paths.kubelet_cert.unlink(missing_ok=True)
+    if not (paths.kubelet_cert.exists() and paths.kubelet_key.exists()):
+        ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{paths.ca_key} is not an EC key; delete the pki dir to renew it")
+        cert, key = _server_cert(ca_cert, ca_key, "kexp-dev-kubelet", ("localhost",), KUBELET_IPS)
+        _write_private(paths.kubelet_key, _pem_key(key))
+        _write_private(paths.kubelet_cert, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _new_ca_and_credentials(paths: PkiPaths) -> None:
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ten_years = now + dt.timedelta(days=3650)
 
@@ -138,20 +193,8 @@ def ensure_pki(paths: PkiPaths) -> None:
         .sign(ca_key, hashes.SHA256())
     )
 
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in API_SERVER_DNS_NAMES]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in API_SERVER_IPS]
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("kube-apiserver"))
-        .issuer_name(ca_cert.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(ten_years)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    server_cert, server_key = _server_cert(
+        ca_cert, ca_key, "kube-apiserver", API_SERVER_DNS_NAMES, API_SERVER_IPS
     )
 
     # Service-account tokens are signed RS256, the algorithm every client library accepts.

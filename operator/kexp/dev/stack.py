@@ -3,7 +3,8 @@
 ``Stack.up()`` starts, under one state directory, etcd, kube-apiserver (RBAC, service-account
 tokens, CRD schema and CEL enforcement), kube-controller-manager (the job controller and the
 garbage collector among its controllers), kube-scheduler, kwok (simulated nodes, one pool
-with ``nvidia.com/gpu`` capacity), MinIO (default bucket, credentials stored as a Secret) and
+with ``nvidia.com/gpu`` capacity, serving the nodes' kubelet endpoints over TLS so pod logs
+work through the API server), MinIO (default bucket, credentials stored as a Secret) and
 Prometheus (targets added at run time). It is idempotent: services already running and
 healthy are kept. ``Stack.down()`` stops every process the stack started, found by pid file
 and, as a safety net, by the state dir in their command lines.
@@ -57,7 +58,11 @@ def default_state_dir() -> Path:
 
 @dataclass(frozen=True)
 class Ports:
-    """Loopback ports of one stack, at fixed offsets from a base so they are predictable."""
+    """Loopback ports of one stack, at fixed offsets from a base so they are predictable.
+
+    kwok's server listens on ``kwok_node``, the kubelet port its nodes advertise, since the
+    API server dials that port for logs; ``kwok`` is unused but kept so later ports stay put.
+    """
 
     etcd: int
     etcd_peer: int
@@ -98,6 +103,8 @@ class Service:
     ports: tuple[int, ...]
     ready: Callable[[], bool]
     env: dict[str, str] | None = None
+    #: Started only once the API server is ready and kwok's CRDs are established.
+    needs_crds: bool = False
 
 
 @dataclass
@@ -300,6 +307,10 @@ class Stack:
                     # KEXP_DEV_PROFILING=1 serves /debug/pprof, to profile under a benchmark.
                     f"--profiling={'true' if os.environ.get('KEXP_DEV_PROFILING') else 'false'}",
                     "--event-ttl=2h",
+                    # kwok's nodes advertise only an InternalIP; the API server checks the
+                    # kubelet (kwok) serving certificate against the stack's CA.
+                    "--kubelet-preferred-address-types=InternalIP",
+                    f"--kubelet-certificate-authority={self.pki.ca_cert}",
                 ],
                 (p.apiserver,),
                 lambda: _http_ok(
@@ -354,14 +365,21 @@ class Stack:
                     f"--config={sd / 'kwok' / 'kwok.yaml'}",
                     "--manage-all-nodes=false",
                     f"--manage-nodes-with-annotation-selector={cluster.KWOK_NODE_ANNOTATION}=fake",
-                    f"--server-address=127.0.0.1:{p.kwok}",
+                    # One listener serves both TLS (the API server, as to a kubelet) and
+                    # plain HTTP; it must be the port the nodes advertise.
+                    f"--server-address=127.0.0.1:{p.kwok_node}",
                     f"--node-port={p.kwok_node}",
+                    f"--tls-cert-file={self.pki.kubelet_cert}",
+                    f"--tls-private-key-file={self.pki.kubelet_key}",
+                    f"--enable-crds={','.join(cluster.KWOK_ENABLED_CRDS)}",
                     f"--cidr={POD_CIDR}",
                     "--node-ip=127.0.0.1",
                     "--node-lease-duration-seconds=40",
                 ],
-                (p.kwok,),
-                lambda: _http_ok(f"http://127.0.0.1:{p.kwok}/healthz"),
+                (p.kwok_node,),
+                # Over TLS with the CA, as the API server connects: proves the cert as well.
+                lambda: _http_ok(f"https://127.0.0.1:{p.kwok_node}/healthz", context=ca),
+                needs_crds=True,
             ),
             Service(
                 "minio",
@@ -437,24 +455,37 @@ class Stack:
         services = self._services(config, tools)
         running = self.running_services()
         started: list[str] = []
+        deadline = started_at + timeout_s
+
+        def start(svc: Service) -> None:
+            processes.start_process(
+                svc.argv,
+                log_path=self.log_path(svc.name),
+                pid_path=self.pid_path(svc.name),
+                env=svc.env,
+            )
+            started.append(svc.name)
+
         try:
             self._check_ports(services, running)
-            for svc in services:
-                if svc.name in running:
-                    continue
-                processes.start_process(
-                    svc.argv,
-                    log_path=self.log_path(svc.name),
-                    pid_path=self.pid_path(svc.name),
-                    env=svc.env,
-                )
-                started.append(svc.name)
-            api_ready_s = 0.0
-            deadline = started_at + timeout_s
+            pending = [s for s in services if s.name not in running]
+            for svc in pending:
+                if not svc.needs_crds:
+                    start(svc)
+            # In order, so a dead etcd is reported as such, not as an API server never ready.
             for svc in services:
                 self._wait_ready(svc, deadline)
                 if svc.name == "kube-apiserver":
-                    api_ready_s = time.monotonic() - started_at
+                    break
+            api_ready_s = time.monotonic() - started_at
+            # kwok watches its CRDs from the start; while one is missing it retries with a
+            # growing back-off, so pod logs could lag for seconds after `up` returned.
+            cluster.install_kwok_crds(self.kubeconfig, deadline=deadline)
+            for svc in pending:
+                if svc.needs_crds:
+                    start(svc)
+            for svc in services:
+                self._wait_ready(svc, deadline)
             cluster.bootstrap(
                 self.kubeconfig, self.s3_credentials(config), deadline=deadline, log=log
             )
