@@ -271,7 +271,7 @@ def main() -> None:
                 "kexp.handlers.run",
                 "--namespace",
                 op_ns,
-                "--liveness=http://127.0.0.1:0/healthz",
+                "--liveness=off",
             ],
             env=env,
             stdout=log,

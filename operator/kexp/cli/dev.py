@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
-import socket
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import click
-from kubernetes import client as k8s
-from kubernetes.client.rest import ApiException
 
 from kexp.dev import toolchain
 from kexp.dev.stack import Stack, StackError
@@ -134,12 +128,6 @@ def env(state_dir: Path | None) -> None:
         click.echo(f"export {key}={shlex.quote(value)}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dev.command("run-trainer")
 @_state_option
 @click.argument("name")
@@ -160,105 +148,17 @@ def run_trainer(state_dir: Path | None, name: str, namespace: str, timeout_s: fl
     kept in the stack's logs/ dir, and is the pod's log for `kubectl logs` and `kexp logs`.
     Exits with the trainer's exit code.
     """
-    from datetime import UTC, datetime
+    from kexp.dev.podrunner import PodRunError, run_experiment_trainer
 
-    from kexp.dev import cluster
-    from kexp.dev.podrunner import run_pod_as_process
-    from kexp.kube.client import sync_api_client
-    from kexp.render.names import train_job_name
-    from kexp.render.training import CONTAINER_NAME
-
-    stack = Stack(state_dir)
-    api = sync_api_client(stack.kubeconfig)
-    batch = k8s.BatchV1Api(api)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            job = batch.read_namespaced_job(train_job_name(name), namespace)
-            break
-        except ApiException as exc:
-            if exc.status != 404:
-                _fail(RuntimeError(f"cannot read Job {train_job_name(name)}: {exc.reason}"))
-        if time.monotonic() > deadline:
-            _fail(RuntimeError(f"experiment {name!r} has no training Job after {timeout_s:.0f}s"))
-        time.sleep(0.5)
-    port = _free_port()
-    target = f"trainer-{namespace}-{name}"
-    prom = stack.prometheus()
-    prom.add_target(target, f"127.0.0.1:{port}", {"namespace": namespace})
-    log_path = stack.state_dir / "logs" / f"{target}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    offset = log_path.stat().st_size if log_path.exists() else 0
-    # The API server reads pod logs through kwok, which serves only the CRI log format: this
-    # run's output is copied there as it comes, and each pod of the Job is pointed at it.
-    pod_log_path = stack.state_dir / "logs" / "pods" / f"{target}.log"
-    pod_log_path.parent.mkdir(parents=True, exist_ok=True)
-    core = k8s.CoreV1Api(api)
-    job_selector = f"batch.kubernetes.io/job-name={train_job_name(name)}"
-    registered: set[str] = set()
-    registering = True
-
-    def register_pods() -> None:
-        nonlocal registering
-        try:
-            for pod in core.list_namespaced_pod(namespace, label_selector=job_selector).items:
-                if pod.metadata.name in registered or pod.metadata.deletion_timestamp:
-                    continue
-                cluster.register_pod_logs(
-                    api, namespace, pod.metadata.name, CONTAINER_NAME, pod_log_path
-                )
-                registered.add(pod.metadata.name)
-        except ApiException as exc:
-            registering = False
-            _log(
-                f"warning: `kubectl logs` will not show this run ({exc.status} {exc.reason}); "
-                f"if the stack predates pod logs, `kexp dev down && kexp dev up` fixes that"
-            )
-
-    workdir = Path(tempfile.mkdtemp(prefix=f"kexp-{name}-"))
-    _log(f"running {name}'s trainer pod as a local process (log {log_path})")
-    proc = run_pod_as_process(
-        api, namespace, api.sanitize_for_serialization(job), workdir, log_path, port
-    )
     try:
-        with log_path.open("rb") as log, pod_log_path.open("wb") as pod_log:
-            log.seek(offset)
-            next_lookup = 0.0
-            unterminated = b""
-            while True:
-                # Pods may come after the Job (and again after a retry): look every second.
-                if registering and time.monotonic() >= next_lookup:
-                    register_pods()
-                    next_lookup = time.monotonic() + 1.0
-                # Polled before reading, so output written just before the exit is not lost.
-                exited = proc.poll() is not None
-                chunk = log.read()
-                if chunk:
-                    lines, unterminated = cluster.to_cri_log(
-                        unterminated + chunk, datetime.now(UTC)
-                    )
-                    pod_log.write(lines)
-                    pod_log.flush()
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-                elif exited:
-                    if unterminated:
-                        pod_log.write(
-                            cluster.to_cri_log(unterminated + b"\n", datetime.now(UTC))[0]
-                        )
-                    break
-                else:
-                    time.sleep(0.2)
-        # A short run can end before the job controller has made its pod.
-        settle = time.monotonic() + 10.0
-        while registering:
-            register_pods()
-            if registered or time.monotonic() > settle:
-                break
-            time.sleep(0.5)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        prom.remove_target(target)
-        shutil.rmtree(workdir, ignore_errors=True)
-    sys.exit(proc.returncode)
+        code = run_experiment_trainer(
+            Stack(state_dir), name, namespace, timeout_s=timeout_s, echo=_echo, log=_log
+        )
+    except PodRunError as exc:
+        _fail(exc)
+    sys.exit(code)
+
+
+def _echo(chunk: bytes) -> None:
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.flush()

@@ -211,13 +211,18 @@ def logs(session: Session, name: str, follow: bool, tail: int | None) -> None:
         phase = (exp.get("status") or {}).get("phase") or "Pending"
         fail(f"experiment {name!r} has no trainer pods (phase {phase})", EXIT_NOT_FOUND)
     pods.sort(key=lambda p: p["metadata"]["name"])
+    if follow and len(pods) > 1:
+        # Streams from several pods would interleave mid-line; rank 0 logs for the run.
+        pods.sort(key=lambda p: _completion_index(p))
+        click.echo(f"following {pods[0]['metadata']['name']} (rank 0) only", err=True)
+        pods = pods[:1]
     prefix = len(pods) > 1
     for pod in pods:
         pod_name = pod["metadata"]["name"]
         try:
             pending = b""
             for chunk in session.cluster.pod_log(
-                session.namespace, pod_name, tail=tail, follow=follow and not prefix
+                session.namespace, pod_name, tail=tail, follow=follow
             ):
                 if not prefix:
                     sys.stdout.buffer.write(chunk)
@@ -231,3 +236,10 @@ def logs(session: Session, name: str, follow: bool, tail: int | None) -> None:
                 sys.stdout.buffer.write(f"[{pod_name}] ".encode() + pending + b"\n")
         except ClusterError as exc:
             fail(f"cannot read the log of pod {pod_name}: {exc}", EXIT_FAILED)
+
+
+def _completion_index(pod: dict[str, Any]) -> int:
+    """The pod's rank in an Indexed Job (0 for a plain Job's pods)."""
+    annotations = pod["metadata"].get("annotations") or {}
+    value = annotations.get("batch.kubernetes.io/job-completion-index", "0")
+    return int(value) if str(value).isdigit() else 0

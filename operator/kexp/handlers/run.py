@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--liveness",
         default="http://0.0.0.0:8081/healthz",
-        help="Liveness endpoint for probes (default: %(default)s).",
+        help="Liveness endpoint for probes (default: %(default)s; 'off': none).",
     )
     parser.add_argument("--verbose", action="store_true", help="Debug logging.")
     args = parser.parse_args(argv)
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         standalone=True,
         clusterwide=bool(args.all_namespaces),
         namespaces=args.namespace or [],
-        liveness_endpoint=args.liveness,
+        # kopf reads port 0 as "no port given", i.e. 80; 'off' is how to run several at once.
+        liveness_endpoint=None if args.liveness in ("", "off") else args.liveness,
     )
 
 

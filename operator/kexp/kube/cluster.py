@@ -34,6 +34,9 @@ COLLECTIONS: Final = {
 }
 
 
+IN_CLUSTER_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
 class ClusterError(Exception):
     """A failed API call, with the server's own message (one line)."""
 
@@ -63,26 +66,21 @@ class Cluster:
     @classmethod
     def connect(cls, kubeconfig: Path | None = None, context: str | None = None) -> Cluster:
         """The current (or named) context of the kubeconfig, or in-cluster credentials."""
+        path = str(kubeconfig) if kubeconfig else None
         try:
-            api = config.new_client_from_config(
-                config_file=str(kubeconfig) if kubeconfig else None, context=context
-            )
-            _, active = config.list_kube_config_contexts(
-                config_file=str(kubeconfig) if kubeconfig else None
-            )
+            api = config.new_client_from_config(config_file=path, context=context)
+            contexts, active = config.list_kube_config_contexts(config_file=path)
             if context:
-                contexts, _ = config.list_kube_config_contexts(
-                    config_file=str(kubeconfig) if kubeconfig else None
-                )
                 active = next((c for c in contexts if c["name"] == context), active)
             namespace = (active.get("context") or {}).get("namespace") or "default"
         except (ConfigException, OSError, TypeError) as exc:
+            # Inside a pod (e.g. a CI job or a notebook on the cluster) there is no kubeconfig.
             try:
                 config.load_incluster_config()
             except ConfigException:
                 raise ClusterError(f"no usable kubeconfig: {exc}") from None
             api = client.ApiClient()
-            namespace = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text()
+            namespace = Path(IN_CLUSTER_NAMESPACE).read_text()
         return cls(api, namespace.strip())
 
     # ---- raw requests -------------------------------------------------------------------
