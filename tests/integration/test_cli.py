@@ -559,13 +559,10 @@ def test_cimrl_chain_bc_then_rl_points_at_the_bc_checkpoint(kexp: Kexp) -> None:
 
 # ---- the whole chain ------------------------------------------------------------------------
 @pytest.mark.slow
-def test_new_to_operator_to_real_training_to_exported_scores(
-    kexp: Kexp, kube: Any, tmp_path: Path
-) -> None:
-    """CLI new -> operator -> Job -> the real trainer (the pod's command as a process: kwok
-    nodes run no containers) -> MinIO -> harvest -> a `kexp export` row with the scores."""
-    from kexp.dev.podrunner import run_pod_as_process
-
+def test_new_to_operator_to_real_training_to_exported_scores(kexp: Kexp) -> None:
+    """CLI new -> operator -> Job -> the real trainer (`kexp dev run-trainer`: the pod's
+    command as a process, as kwok nodes run no containers) -> MinIO -> harvest -> a `kexp
+    export` row with the scores, and the trainer's output as the pod's log."""
     kexp.ok("submit", str(REPO / "examples/templates/cartpole-smoke.yaml"), "--no-source")
     kexp.ok(
         "new", "e2e", "--no-source", "-t", "cartpole-smoke",
@@ -574,11 +571,11 @@ def test_new_to_operator_to_real_training_to_exported_scores(
         "--tag", "e2e", "--apply",
     )  # fmt: skip
     kexp.wait_phase("e2e", "Running")
-    job = client.ApiClient().sanitize_for_serialization(
-        kexp.batch.read_namespaced_job("e2e-train", kexp.ns)
+    trained = kexp(
+        "dev", "run-trainer", "--state-dir", str(kexp.stack.state_dir), "-n", kexp.ns, "e2e"
     )
-    trainer = run_pod_as_process(kube, kexp.ns, job, tmp_path, tmp_path / "trainer.log")
-    assert trainer.wait(timeout=180) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+    assert trained.exit_code == 0, trained.output[-3000:]
+    assert "evaluation over 10 episodes" in trained.stdout
     wait_until(
         lambda: kexp.get("e2e").get("status", {}).get("results"),
         timeout_s=90,
@@ -593,5 +590,9 @@ def test_new_to_operator_to_real_training_to_exported_scores(
     assert row["hp.learningRate"] == "0.001"
     assert row["train.totalSteps"] == "4096"
     assert row["best_checkpoint"].endswith("/checkpoints/best.pt")
+    assert row["git_commit"] == ""  # --no-source: nothing claimed
     report = kexp.ok("report", "e2e").stdout
     assert "| step | episode_reward |" in report
+    logs = kexp.ok("logs", "e2e", "--tail", "2").stdout.splitlines()
+    assert len(logs) == 2
+    assert "evaluation over 10 episodes: episodes 10, reward" in logs[-1]

@@ -136,6 +136,13 @@ def train_run(
             )
 
     update.last = state.step if state else 0  # type: ignore[attr-defined]
+    log.info(
+        "training %s on %s for %d steps on %s",
+        config.spec.get("algorithm"),
+        env_spec["id"],
+        config.total_steps,
+        device,
+    )
     update.logged = time.monotonic()  # type: ignore[attr-defined]
     every = (config.spec.get("training") or {}).get("checkpointEvery")
     state = algo.train(
@@ -149,6 +156,7 @@ def train_run(
         checkpoint_every=every,
     )
     checkpoint(state)
+    log.info("trained to step %d; evaluating", state.step)
     episodes = int((config.spec.get("evaluation") or {}).get("episodes", 10))
     eval_env = gym.make(
         env_spec["id"], **({"config": env_spec["config"]} if env_spec.get("config") else {})
@@ -156,6 +164,11 @@ def train_run(
     scores = _scores(algo.evaluate(state, eval_env, episodes, config.seed, device))
     for name, value in scores.items():
         metrics.eval_score(name, value)
+    log.info(
+        "evaluation over %d episodes: %s",
+        episodes,
+        ", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())),
+    )
     store.close()
     latest = store.uri(contract.step_checkpoint(state.step))
     reporter.finish(
