@@ -31,34 +31,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kopf
-
+from bench.operator_throughput import bounded, rest
 from kexp.api import contract
 from kexp.api.reports import CheckpointsReport, ResultsReport
 from kexp.dev import cluster
 from kexp.dev.stack import Stack
 from kexp.kube.client import sync_api_client
 from kexp.kube.crds import apply_crds, load_crds
-from kexp.kube.rest import ApiError, Rest, login
+from kexp.kube.rest import ApiError, Rest
 from kexp.storage.s3 import s3_client
 
 REPO = Path(__file__).resolve().parent.parent
 GOALS = {"harvest_p99_s": 2.0, "cli_s": 3.0}
 EXP_PATH = "/apis/kexp.io/v1alpha1/namespaces/{ns}/experiments"
-
-
-def rest() -> Rest:
-    return Rest(login(kopf.OperatorSettings()))
-
-
-async def bounded(concurrency: int, coros: list[Any]) -> list[Any]:
-    sem = asyncio.Semaphore(concurrency)
-
-    async def run(coro: Any) -> Any:
-        async with sem:
-            return await coro
-
-    return await asyncio.gather(*(run(c) for c in coros))
 
 
 async def retrying(api: Rest, method: str, path: str, **kw: Any) -> Any:

@@ -75,6 +75,16 @@ def _filters(func: Any) -> Any:
     return func
 
 
+_sort_option = click.option(
+    "--sort",
+    "sort_key",
+    type=click.Choice(SORT_KEYS, case_sensitive=False),
+    default="name",
+    show_default=True,
+    help="Order: score puts the best first (by each objective's mode); age newest first.",
+)
+
+
 def _selected(
     session: Session,
     all_namespaces: bool,
@@ -94,14 +104,7 @@ def _selected(
 @click.command("list")
 @cluster_options
 @_filters
-@click.option(
-    "--sort",
-    "sort_key",
-    type=click.Choice(SORT_KEYS, case_sensitive=False),
-    default="name",
-    show_default=True,
-    help="Order: score puts the best first (by each objective's mode).",
-)
+@_sort_option
 @output_option()
 def list_(
     session: Session,
@@ -297,13 +300,7 @@ def compare_(session: Session, names: tuple[str, ...], show_all: bool, output: s
     default=None,
     help="Comma-separated columns, in order (a trailing * picks a group: hp.*,result.*).",
 )
-@click.option(
-    "--sort",
-    "sort_key",
-    type=click.Choice(SORT_KEYS, case_sensitive=False),
-    default="name",
-    show_default=True,
-)
+@_sort_option
 @click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 def export(
     session: Session,

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from minio import Minio
+from minio.error import MinioException
+from urllib3.exceptions import HTTPError
 
 from kexp.analysis.records import record, spec_of
 from kexp.api import contract
@@ -21,6 +23,8 @@ from kexp.storage.runfiles import credentials_from_secret
 from kexp.storage.s3 import s3_client
 
 TemplateKey = tuple[str, str]
+#: What reading from S3 can raise: the store's refusals and an unreachable endpoint.
+S3_ERRORS = (MinioException, HTTPError, OSError)
 
 
 def get_experiment(session: Session, name: str) -> dict[str, Any]:

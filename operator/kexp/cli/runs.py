@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from minio.error import MinioException
 
 from kexp.analysis.curves import Curves, CurvesError, main_curve, parse_metrics
 from kexp.analysis.report import render_report
@@ -24,7 +23,7 @@ from kexp.cli.common import (
     render_table,
     write_new_file,
 )
-from kexp.cli.fetch import RunStore, get_experiment, resolved, run_store, s3_error
+from kexp.cli.fetch import S3_ERRORS, RunStore, get_experiment, resolved, run_store, s3_error
 from kexp.kube.cluster import ClusterError
 from kexp.render.names import child_labels, train_job_name
 from kexp.status.harvest import harvest_patch, results_csv_spec
@@ -60,9 +59,9 @@ def _job_outcome(session: Session, exp: dict[str, Any]) -> bool:
 def harvest(session: Session, name: str) -> None:
     """Harvest NAME's results.json (or results CSV) from S3 into its status again.
 
-    For a run whose results changed after the operator harvested them (a custom evaluator
-    re-run, a fixed CSV mapping). Harvesting twice is harmless; a missing or malformed file
-    changes nothing and exits 1.
+    For results written or rewritten after the operator harvested (a custom evaluator run
+    later, a trainer that finished after its pod was lost). Harvesting twice is harmless; a
+    missing or malformed file changes nothing and exits 1.
     """
     for _attempt in range(5):
         exp = get_experiment(session, name)
@@ -77,7 +76,7 @@ def harvest(session: Session, name: str) -> None:
                 results_csv_spec(spec),
                 job_succeeded=succeeded,
             )
-        except MinioException as exc:
+        except S3_ERRORS as exc:
             fail(s3_error(store, exc))
         if report is None:
             fail(f"nothing harvested, status unchanged: {error}")
@@ -99,7 +98,7 @@ def _metrics(store: RunStore) -> tuple[Curves | None, str | None]:
     """The run's parsed metrics.csv, or None and why."""
     try:
         text = read_text(store.client, store.bucket, store.prefix + contract.METRICS_FILE)
-    except MinioException as exc:
+    except S3_ERRORS as exc:
         return None, s3_error(store, exc)
     if text is None:
         return None, f"no {store.uri(contract.METRICS_FILE)} yet (written when the run ends)"
