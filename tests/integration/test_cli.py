@@ -299,6 +299,37 @@ def test_submit_of_a_missing_file_exits_3(kexp: Kexp, tmp_path: Path) -> None:
     assert "no such file" in result.output
 
 
+def test_the_kubectl_plugin_is_the_same_program(kexp: Kexp) -> None:
+    """`kubectl kexp ...` finds `kubectl-kexp` on PATH and runs the CLI."""
+    import sys
+
+    _run(kexp, "via-kubectl", run_for="1s")
+    env = {**os.environ, **kexp.stack.env()}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    plugins = subprocess.run(
+        ["kubectl", "plugin", "list"], env=env, capture_output=True, text=True, check=False
+    )
+    assert "kubectl-kexp" in plugins.stdout
+    out = subprocess.run(
+        ["kubectl", "kexp", "list", "-n", kexp.ns, "-o", "name"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["experiment/via-kubectl"]
+    missing = subprocess.run(
+        ["kubectl", "kexp", "show", "nope", "-n", kexp.ns],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 3
+    assert missing.stderr.strip() == f"error: experiment 'nope' not found in namespace '{kexp.ns}'"
+
+
 # ---- list / show / compare / export -----------------------------------------------------------
 @pytest.fixture
 def three_runs(kexp: Kexp) -> Kexp:
