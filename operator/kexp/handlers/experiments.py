@@ -215,7 +215,7 @@ async def on_experiment(
 ) -> None:
     indexes = (experiments_idx, templates_idx, jobs_idx, pods_idx)
     if type == "DELETED":
-        memo.metrics.observe_phase((namespace, name), None)
+        memo.metrics.forget((namespace, name))
         for cache in (memo.bodies, memo.locks, memo.written):
             cache.pop((namespace, name), None)
         return
@@ -593,7 +593,7 @@ async def reconcile(
                     body = _remember(memo, key, fresh)
                     continue
                 metrics.reconciles.labels(result="ok").inc()
-                metrics.observe_phase(key, plan.status.get("phase"))
+                metrics.observe(key, body.get("status") or {}, plan.status)
                 # kopf hands each object a shallow copy of the memo: only shared containers
                 # reach the progress loop, so the indexes go into one.
                 memo.shared["indexes"] = indexes

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PHASES = ("Pending", "Waiting", "Running", "Evaluating", "Succeeded", "Failed")
+TERMINAL = ("Succeeded", "Failed")
+#: Run durations span a smoke test's seconds to a week of training.
+DURATION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200, 604800)
 
 
 @dataclass
@@ -40,9 +46,61 @@ class OperatorMetrics:
             ["operation"],
             registry=self.registry,
         )
+        self.stalled = Gauge(
+            "kexp_operator_experiments_stalled",
+            "Running experiments whose trainer heartbeat stopped (condition Stalled=True).",
+            registry=self.registry,
+        )
+        self.finished = Counter(
+            "kexp_operator_experiments_finished_total",
+            "Experiments that reached Succeeded or Failed, by phase and reason.",
+            ["phase", "reason"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "kexp_operator_experiment_duration_seconds",
+            "Time from training start to the end of a finished experiment, by phase.",
+            ["phase"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
         self._phases: dict[tuple[str, str], str] = {}
+        self._stalled: set[tuple[str, str]] = set()
         for phase in PHASES:
             self.experiments.labels(phase=phase).set(0)
+        for phase in TERMINAL:
+            self.duration.labels(phase=phase)
+
+    def observe(self, key: tuple[str, str], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        """Record a pass that moved an experiment's status from ``old`` to ``new``.
+
+        A run counts as finished once, on the pass that ends it: replaying finished
+        experiments after an operator restart counts nothing again.
+        """
+        phase = new.get("phase")
+        self.observe_phase(key, phase)
+        stalled = any(
+            c.get("type") == "Stalled" and c.get("status") == "True"
+            for c in new.get("conditions") or []
+        )
+        self._set_stalled(key, stalled and phase == "Running")
+        if phase in TERMINAL and old.get("phase") not in TERMINAL:
+            self.finished.labels(phase=phase, reason=new.get("reason") or "Unknown").inc()
+            seconds = _duration(new.get("provenance") or {})
+            if seconds is not None:
+                self.duration.labels(phase=phase).observe(seconds)
+
+    def _set_stalled(self, key: tuple[str, str], stalled: bool) -> None:
+        if stalled:
+            self._stalled.add(key)
+        else:
+            self._stalled.discard(key)
+        self.stalled.set(len(self._stalled))
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """The experiment is gone."""
+        self.observe_phase(key, None)
+        self._set_stalled(key, False)
 
     def observe_phase(self, key: tuple[str, str], phase: str | None) -> None:
         """Record an experiment's phase (None: it is gone); O(1) per call."""
@@ -52,3 +110,15 @@ class OperatorMetrics:
         if phase is not None:
             self._phases[key] = phase
             self.experiments.labels(phase=phase).inc()
+
+
+def _duration(provenance: Mapping[str, Any]) -> float | None:
+    started, completed = provenance.get("startedAt"), provenance.get("completedAt")
+    if not started or not completed:
+        return None
+    try:
+        a = dt.datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+        b = dt.datetime.fromisoformat(str(completed).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (b - a).total_seconds())
