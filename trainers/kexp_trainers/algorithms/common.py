@@ -1,17 +1,17 @@
-"""What the algorithms truly share: GAE, the PPO loss terms, environment making.
+"""What the algorithms truly share: GAE, the PPO and imitation loss terms, environment making.
 
 The functions here are pure tensor code, tested against hand-computed values.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 
 import gymnasium as gym
 import torch
+import torch.nn.functional as F
 
 T = TypeVar("T")
 
@@ -84,23 +84,32 @@ def value_loss(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((values - returns) ** 2).mean()
 
 
+def bc_loss(policy_out: torch.Tensor, actions: torch.Tensor, discrete: bool) -> torch.Tensor:
+    """Behaviour cloning loss of the actor's output against the expert's actions.
+
+    Discrete actions: cross-entropy of the logits against the expert's action index (the
+    negative log-likelihood of the categorical policy). Continuous actions: mean squared error
+    of the Gaussian's mean against the expert's action, averaged over samples and dimensions;
+    the standard deviation is left to RL, which needs it to explore.
+    """
+    if discrete:
+        return F.cross_entropy(policy_out, actions.long().reshape(-1))
+    return F.mse_loss(policy_out, actions.reshape(policy_out.shape))
+
+
 def make_vector_env(env_id: str, num_envs: int, seed: int, config: dict[str, Any]) -> Any:
     """``num_envs`` copies of ``env_id`` stepped in-process, resetting within the same step.
 
-    Raises ValueError naming spec.environment.id when gymnasium does not know the id.
+    Each copy comes from ``envs.highway.make_env``, the factory the evaluation and the dataset
+    command use too, so observations (flat float32 for highway-env) are the same everywhere.
+    Raises ValueError naming spec.environment.id (or .config) for an id or setting that
+    does not exist.
     """
-    if env_id not in gym.registry:
-        with contextlib.suppress(ImportError):
-            import highway_env  # noqa: F401 - importing it registers the highway-env ids
-    if env_id not in gym.registry:
-        raise ValueError(f"spec.environment.id: {env_id!r} is not a registered environment")
-    kwargs = {"config": config} if config else {}
-    envs = gym.make_vec(
-        env_id,
-        num_envs=num_envs,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-        **kwargs,
+    from kexp_trainers.envs.highway import make_env
+
+    envs = gym.vector.SyncVectorEnv(
+        [lambda i=i: make_env(env_id, config, seed + i) for i in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     envs.reset(seed=seed)

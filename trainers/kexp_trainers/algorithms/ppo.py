@@ -3,6 +3,11 @@
 Discrete actions use a categorical policy, continuous ones a Gaussian with a learned,
 state-independent log standard deviation. Hyperparameters come from ``spec.hyperparameters``
 (camelCase names, as in the Experiment) with the defaults of ``PPOArgs``.
+
+GAIL and CIMRL are PPO with a hook each: ``relabel`` replaces the environment's rewards of a
+rollout (GAIL's discriminator reward), ``extra_loss`` adds a term to every minibatch's loss
+(CIMRL's imitation term). ``warm_start`` loads another run's actor (``spec.initFrom``), e.g.
+a BC policy, which uses this file's ``Agent`` for exactly that reason.
 """
 
 from __future__ import annotations
@@ -62,7 +67,9 @@ def _layer(inputs: int, outputs: int, std: float = np.sqrt(2)) -> nn.Linear:
 class Agent(nn.Module):
     """Separate actor and critic MLPs (tanh), CleanRL's architecture."""
 
-    def __init__(self, obs_dim: int, action_space: gym.Space[Any], hidden: int) -> None:
+    def __init__(
+        self, obs_dim: int, action_space: gym.Space[Any], hidden: int, algorithm: str = "PPO"
+    ) -> None:
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         if self.discrete:
@@ -70,7 +77,9 @@ class Agent(nn.Module):
         elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
             out = int(action_space.shape[0])
         else:
-            raise ValueError(f"spec.algorithm: PPO cannot act in an action space {action_space}")
+            raise ValueError(
+                f"spec.algorithm: {algorithm} cannot act in an action space {action_space}"
+            )
         self.critic = nn.Sequential(
             _layer(obs_dim, hidden),
             nn.Tanh(),
@@ -150,6 +159,44 @@ def load_state(saved: dict[str, Any], envs: Any, args: PPOArgs, device: torch.de
     return s
 
 
+def warm_start(s: TrainState, saved: Mapping[str, Any]) -> None:
+    """Start from another run's policy (``spec.initFrom``): see ``load_policy``."""
+    load_policy(s.agent, saved)
+
+
+def load_policy(agent: Agent, saved: Mapping[str, Any]) -> None:
+    """Load the actor (and a Gaussian's log-std) of another run's checkpoint into ``agent``.
+
+    Works with any checkpoint holding this file's ``Agent`` under ``"agent"`` (PPO, BC, GAIL,
+    CIMRL); the critic and the optimiser start fresh, since the other run may not have trained
+    them. Raises ValueError naming spec.initFrom when the checkpoint does not fit.
+    """
+    weights = saved.get("agent") if isinstance(saved, Mapping) else None
+    if not isinstance(weights, Mapping):
+        raise ValueError(
+            "spec.initFrom: the checkpoint holds no policy this trainer can load "
+            "(made by SAC or a custom trainer?)"
+        )
+    actor = {k.removeprefix("actor."): v for k, v in weights.items() if k.startswith("actor.")}
+    try:
+        agent.actor.load_state_dict(actor)
+        if not agent.discrete and "log_std" in weights:
+            agent.log_std.data.copy_(weights["log_std"])
+    except (RuntimeError, KeyError) as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
+        raise ValueError(
+            "spec.initFrom: the checkpoint's policy does not fit this run's network (same "
+            f"environment and spec.hyperparameters.hidden?): {detail or exc}"
+        ) from None
+
+
+#: GAIL's hook: (observations [T, N, obs], actions [T, N, ...]) of a rollout -> the rewards
+#: [T, N] to learn from instead of the environment's, and statistics to report.
+Relabel = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+#: CIMRL's hook: (agent, step) -> a loss term added to every minibatch, and statistics.
+ExtraLoss = Callable[[Agent, int], tuple[torch.Tensor, dict[str, float]]]
+
+
 def train(
     envs: Any,
     args: PPOArgs,
@@ -160,8 +207,14 @@ def train(
     on_update: Callable[[int, dict[str, float]], None] = lambda _s, _m: None,
     on_checkpoint: Callable[[TrainState], None] = lambda _s: None,
     checkpoint_every: int | None = None,
+    relabel: Relabel | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> TrainState:
-    """Train until ``total_steps`` environment steps (counting from ``state.step``)."""
+    """Train until ``total_steps`` environment steps (counting from ``state.step``).
+
+    ``relabel`` and ``extra_loss`` are the hooks GAIL and CIMRL build on (see the module's
+    docstring); plain PPO passes neither.
+    """
     num_envs = envs.num_envs
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     if state is None:
@@ -181,6 +234,7 @@ def train(
     next_obs = torch.as_tensor(raw, dtype=torch.float32, device=device).reshape(num_envs, -1)
     next_done = torch.zeros(num_envs, device=device)
     recent_returns: list[float] = []
+    hook_stats: dict[str, float]
     last_checkpoint = state.step
     first_update = state.step // batch
     for update in range(first_update, updates):
@@ -206,10 +260,13 @@ def train(
                 recent_returns += [float(r) for r in info["episode"]["r"][finished]]
         state.step += batch
 
+        rewards, hook_stats = rew_buf, {}
+        if relabel is not None:
+            rewards, hook_stats = relabel(obs_buf, act_buf)
         with torch.no_grad():
             next_value = agent.value(next_obs)
         advantages, returns = gae(
-            rew_buf, val_buf, done_buf, next_value, next_done, args.gamma, args.gae_lambda
+            rewards, val_buf, done_buf, next_value, next_done, args.gamma, args.gae_lambda
         )
         b_obs = obs_buf.reshape(batch, obs_dim)
         b_act = act_buf.reshape(batch, *act_shape)
@@ -224,6 +281,10 @@ def train(
                 vf = value_loss(value, b_ret[idx])
                 ent = entropy.mean()
                 loss = pg + args.vf_coef * vf - args.ent_coef * ent
+                extra_stats: dict[str, float] = {}
+                if extra_loss is not None:
+                    extra, extra_stats = extra_loss(agent, state.step)
+                    loss = loss + extra
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -235,7 +296,9 @@ def train(
                     "value_loss": vf.item(),
                     "entropy": ent.item(),
                     "approx_kl": kl.item(),
+                    **extra_stats,
                 }
+        stats.update(hook_stats)
         stats["sps"] = batch / (time.perf_counter() - started)
         if recent_returns:
             stats["episode_reward"] = float(np.mean(recent_returns[-20:]))
@@ -250,7 +313,13 @@ def evaluate(
     state: TrainState, env: Any, episodes: int, seed: int, device: torch.device
 ) -> list[tuple[float, dict[str, Any]]]:
     """(return, last info) of ``episodes`` greedy episodes on a single environment."""
-    agent = state.agent
+    return evaluate_agent(state.agent, env, episodes, seed, device)
+
+
+def evaluate_agent(
+    agent: Agent, env: Any, episodes: int, seed: int, device: torch.device
+) -> list[tuple[float, dict[str, Any]]]:
+    """``evaluate`` for any algorithm whose policy is this file's ``Agent`` (BC, GAIL, CIMRL)."""
     results = []
     for episode in range(episodes):
         raw, info = env.reset(seed=seed + 10_000 + episode)
