@@ -46,3 +46,8 @@ up: tools
 
 down: venv
 	$(VENV)/bin/kexp dev down
+
+## chart-sync: regenerate the CRDs and copy them, the dashboards and alert rules into helm/kexp
+.PHONY: chart-sync
+chart-sync: venv
+	$(PY) -m kexp.api.chart_sync
