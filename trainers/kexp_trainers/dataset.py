@@ -92,11 +92,19 @@ def record(
     seed: int,
     expert: Expert | None = None,
     env: Any = None,
+    explore: float = 0.0,
 ) -> Demonstrations:
     """Run the expert for ``episodes`` episodes (episode i reset with ``seed + i``).
 
     ``env`` is ``make_env(env_id, config, seed)`` unless given; it is closed at the end.
+    With ``explore`` > 0, that share of steps executes a random action while the dataset still
+    records the expert's action for the state (noise injection, as in DART): the learner then
+    also sees how the expert recovers from states its own mistakes lead to, which plain
+    demonstrations never visit. ``expert_scores`` are those of the episodes as recorded.
     """
+    if not 0.0 <= explore < 1.0:
+        raise ValueError(f"--explore must be in [0, 1), got {explore}")
+    rng = np.random.default_rng(seed)
     env = env if env is not None else make_env(env_id, config, seed)
     expert = expert if expert is not None else expert_for(env_id)
     space = action_space_spec(env.action_space)
@@ -111,7 +119,8 @@ def record(
             total, done = 0.0, False
             while not done:
                 action = expert.act(env, obs)
-                next_obs, reward, terminated, truncated, info = env.step(action)
+                executed = env.action_space.sample() if rng.random() < explore else action
+                next_obs, reward, terminated, truncated, info = env.step(executed)
                 done = bool(terminated or truncated)
                 obs_rows.append(np.asarray(obs, dtype=np.float32))
                 actions.append(action)
@@ -139,6 +148,7 @@ def record(
             "seed": seed,
             "episodes": episodes,
             "env_config": dict(config),
+            "explore": explore,
             "versions": _versions(),
         },
         expert_scores=expert_scores(finished),
@@ -168,6 +178,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="dataset prefix, s3://bucket/path/")
     parser.add_argument(
         "--config", default="{}", help="environment config as JSON (spec.environment.config)"
+    )
+    parser.add_argument(
+        "--explore",
+        type=float,
+        default=0.0,
+        help="share of steps that execute a random action, still labelled with the expert's "
+        "(noise injection: BC then learns to recover; default 0)",
     )
     return parser.parse_args(argv)
 
@@ -201,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.episodes < 1:
             raise UsageError(f"--episodes: must be at least 1, got {args.episodes}")
+        if not 0.0 <= args.explore < 1.0:
+            raise UsageError(f"--explore: must be in [0, 1), got {args.explore}")
         config = _config(args.config)
         try:
             bucket, prefix = split_uri(args.out)
@@ -226,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     started = time.monotonic()
     try:
-        data = record(args.env, config, args.episodes, args.seed, expert, env)
+        data = record(args.env, config, args.episodes, args.seed, expert, env, args.explore)
     except (UsageError, ValueError) as exc:
         print(f"error: {_cli_message(exc)}", file=sys.stderr)
         return 2

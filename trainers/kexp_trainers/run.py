@@ -324,6 +324,8 @@ def train_run(
         for name in LOSSES:
             if name in stats:
                 metrics.loss(name, stats[name])
+        if device.type == "cuda":
+            metrics.gpu_memory_bytes.set(torch.cuda.memory_allocated(device))
         reporter.log(step, stats)
         now = time.monotonic()
         if now - update.logged >= LOG_EVERY_S or step >= config.total_steps:  # type: ignore[attr-defined]

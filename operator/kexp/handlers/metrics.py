@@ -11,6 +11,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PHASES = ("Pending", "Waiting", "Running", "Evaluating", "Succeeded", "Failed")
 TERMINAL = ("Succeeded", "Failed")
+COMMON_OUTCOMES = (
+    ("Succeeded", "JobComplete"),
+    ("Failed", "TrainerFailed"),
+    ("Failed", "OOMKilled"),
+    ("Failed", "BackoffLimitExceeded"),
+    ("Failed", "DeadlineExceeded"),
+)
 #: Run durations span a smoke test's seconds to a week of training.
 DURATION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200, 604800)
 
@@ -70,6 +77,10 @@ class OperatorMetrics:
             self.experiments.labels(phase=phase).set(0)
         for phase in TERMINAL:
             self.duration.labels(phase=phase)
+        # A labelled counter's first increment is invisible to rate(); the usual outcomes
+        # start at 0 so that failure-rate alerts see the first failures too.
+        for phase, reason in COMMON_OUTCOMES:
+            self.finished.labels(phase=phase, reason=reason)
 
     def observe(self, key: tuple[str, str], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         """Record a pass that moved an experiment's status from ``old`` to ``new``.
