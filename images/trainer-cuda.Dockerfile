@@ -52,7 +52,7 @@ ENV VIRTUAL_ENV=/opt/kexp \
 RUN python -m venv /opt/kexp \
  && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 RUN --mount=type=bind,from=builder,source=/dist,target=/dist \
-    pip install --no-cache-dir "$(echo /dist/kexp-*.whl)[trainers]"
+    pip install --no-cache-dir "$(echo /dist/kexp-*.whl)[trainers,tune]"
 
 RUN groupadd --gid 1000 kexp \
  && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin kexp

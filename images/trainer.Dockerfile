@@ -48,7 +48,7 @@ ENV VIRTUAL_ENV=/opt/kexp \
 RUN python -m venv /opt/kexp \
  && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 RUN --mount=type=bind,from=builder,source=/dist,target=/dist \
-    pip install --no-cache-dir "$(echo /dist/kexp-*.whl)[trainers]"
+    pip install --no-cache-dir "$(echo /dist/kexp-*.whl)[trainers,tune]"
 
 # uid/gid 1000: the pod's securityContext (runAsUser/runAsGroup/fsGroup 1000) expects it.
 # The pod's root filesystem is read-only; /tmp is an emptyDir, so HOME and caches go there.

@@ -507,7 +507,8 @@ def test_a_full_spec_is_accepted_without_pruning(api: Api) -> None:
             },
             "rayCluster": {"workers": 2, "gpusPerWorker": 1},
         },
-        "resources": {"gpus": 1, "cpu": 4, "memory": "16Gi", "nodes": 2},
+        # One node: each trial of a sweep runs on one (nodes > 1 is for single runs).
+        "resources": {"gpus": 1, "cpu": 4, "memory": "16Gi", "nodes": 1},
         "trainer": {
             "image": "registry.example.org/lab/trainer:1",
             "command": ["python", "-m", "lab.train"],

@@ -59,6 +59,10 @@ NEEDED = [
     ("create", "", "services", ""),
     ("get", "", "secrets", ""),
     ("create", "", "events", ""),
+    ("create", "ray.io", "rayjobs", ""),
+    ("get", "ray.io", "rayjobs", ""),
+    ("list", "ray.io", "rayjobs", ""),
+    ("watch", "ray.io", "rayjobs", ""),
 ]
 #: What kopf watches across namespaces when it watches them all.
 CLUSTER_WIDE_WATCHES = [
@@ -69,6 +73,7 @@ CLUSTER_WIDE_WATCHES = [
         (GROUP, "experimenttemplates"),
         ("batch", "jobs"),
         ("", "pods"),
+        ("ray.io", "rayjobs"),
     )
 ]
 CRD_DISCOVERY = [

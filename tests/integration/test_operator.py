@@ -357,7 +357,8 @@ def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
         memo.running, memo.shared = set(), {"indexes": None, "secrets": {}}
         empty: dict[Any, Any] = {}
         try:
-            await reconcile(memo, namespace, "race", stale, (empty, empty, empty, empty))
+            indexes = (empty, empty, empty, empty, empty)  # experiments .. rayjobs
+            await reconcile(memo, namespace, "race", stale, indexes)
         finally:
             await memo.kube.close()
         return memo.metrics

@@ -232,7 +232,8 @@ def test_templates_carry_no_transition_rules(generated: dict[str, dict[str, Any]
     assert "templateRef" not in spec_schema(generated, TEMPLATES)["properties"]
 
 
-FIELD_REF = re.compile(r"(?:self|oldSelf)((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+# A field path after self; a name followed by "(" is a macro or method (all, exists), not a field.
+FIELD_REF = re.compile(r"(?:self|oldSelf)((?:\.[A-Za-z_][A-Za-z0-9_]*\b(?!\())+)")
 
 
 def test_cel_rules_only_touch_typed_and_bounded_fields(

@@ -133,9 +133,10 @@ def test_multi_stage_the_builder_makes_a_wheel_the_runtime_installs(name: str) -
     )
     assert "/dist/kexp-*.whl" in installs
     if name in TRAINERS:
-        assert "[trainers]" in installs  # torch, gymnasium, highway-env
+        # torch, gymnasium, highway-env; Ray Tune for sweeps (the same image runs them)
+        assert "[trainers,tune]" in installs
     else:
-        assert "[trainers]" not in installs  # no torch in the operator image
+        assert "[trainers" not in installs  # no torch in the operator image
 
 
 @pytest.mark.parametrize("name", sorted(FILES))
@@ -200,7 +201,7 @@ def test_trainer_images_take_torch_from_the_right_index(name: str) -> None:
         assert "NVIDIA_DRIVER_CAPABILITIES" in env
     runs = [" ".join(c.value) for c in PARSED[name].final.all("RUN")]
     torch_run = next(r for r in runs if "torch==" in r)
-    kexp_run = next(r for r in runs if "[trainers]" in r)
+    kexp_run = next(r for r in runs if "[trainers,tune]" in r)
     # torch first: installing kexp[trainers] first would pull PyPI's default (CUDA) torch.
     assert runs.index(torch_run) < runs.index(kexp_run)
     assert '--index-url "${TORCH_INDEX_URL}"' in torch_run

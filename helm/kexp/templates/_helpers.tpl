@@ -95,6 +95,8 @@ What the operator does in each namespace it watches, derived from the code (READ
   secrets               get only (S3 credentials named by spec.storage.secretRef); never list
                         or watch, which would put every Secret of the namespace in memory
   events                create (kexp's and kopf's Events on Experiments)
+  rayjobs (ray.io)      create, get, list + watch: sweeps with spec.sweep.rayCluster run as a
+                        KubeRay RayJob the operator creates and follows (harmless without KubeRay)
 */}}
 {{- define "kexp.namespacedRules" -}}
 - apiGroups: ["kexp.io"]
@@ -128,6 +130,9 @@ What the operator does in each namespace it watches, derived from the code (READ
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["ray.io"]
+  resources: ["rayjobs"]
+  verbs: ["create", "get", "list", "watch"]
 {{- end }}
 
 {{/* Namespaces the quick-start S3 Secret goes to. */}}

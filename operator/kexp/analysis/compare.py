@@ -29,6 +29,10 @@ _OUTCOME: Final = (
 )
 
 
+#: Groups of record columns that are outcomes: harvested scores, a sweep's trial counts.
+_OUTCOME_GROUPS: Final = ("result.", "trials.")
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Rows of (label, values in experiment order); which rows are settings that differ."""
@@ -51,7 +55,7 @@ def compare(records: Sequence[Mapping[str, Any]], *, show_all: bool = False) -> 
     config = [
         k
         for k in keys
-        if k not in _NOT_COMPARED and k not in _OUTCOME and not k.startswith("result.")
+        if k not in _NOT_COMPARED and k not in _OUTCOME and not k.startswith(_OUTCOME_GROUPS)
     ]
 
     def order(key: str) -> tuple[int, str]:
@@ -70,7 +74,8 @@ def compare(records: Sequence[Mapping[str, Any]], *, show_all: bool = False) -> 
         else:
             same += 1
     result_keys = [k for k in _OUTCOME if any(rec.get(k) is not None for rec in records)]
-    result_keys += sorted({k for rec in records for k in rec if k.startswith("result.")})
+    for group in _OUTCOME_GROUPS:
+        result_keys += sorted({k for rec in records for k in rec if k.startswith(group)})
     results = [(key, [rec.get(key) for rec in records]) for key in result_keys]
     names = [str(rec.get("name")) for rec in records]
     return Comparison(names=names, settings=settings, results=results, same=same)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from kexp.api.models import merge_template
+from kexp.api.reports import SweepReport
 from kexp.status.harvest import objective_metric
 
 #: The fixed leading columns of the master CSV, in order.
@@ -49,8 +50,28 @@ HEAD_COLUMNS: Final = (
     "duration_s",
     "uid",
 )
-#: Groups of variable columns, in the order they follow the head.
-GROUPS: Final = ("hp.", "train.", "env.", "eval.", "res.", "result.")
+#: Groups of variable columns, in the order they follow the head. ``sweep.`` (how a sweep
+#: searched) and ``trials.`` (how its trials ended) appear only for sweeps.
+GROUPS: Final = ("hp.", "train.", "env.", "eval.", "res.", "sweep.", "result.", "trials.")
+#: The leading columns of ``kexp export --trials`` (one row per trial of a sweep).
+TRIAL_HEAD_COLUMNS: Final = (
+    "namespace",
+    "name",
+    "trial",
+    "state",
+    "algorithm",
+    "environment",
+    "objective",
+    "mode",
+    "score",
+    "step",
+    "iterations",
+    "checkpoint",
+    "error",
+    "git_commit",
+    "config_hash",
+    "uid",
+)
 
 
 def _scalar(value: Any) -> Any:
@@ -145,17 +166,90 @@ def record(
     _flatten("res.", spec.get("resources") or {}, variable)
     for name, value in (status.get("results") or {}).items():
         variable[f"result.{name}"] = value
+    variable.update(_sweep_columns(spec, status))
     row.update(variable)
     return row
 
 
-def columns_for(records: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The master CSV's columns for these records: HEAD_COLUMNS, then each group sorted."""
+def _sweep_columns(spec: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+    """``sweep.*`` (the search) and ``trials.*`` (its outcome), for a sweep only."""
+    sweep = spec.get("sweep") or {}
+    if not sweep:
+        return {}
+    ray = sweep.get("rayCluster") or {}
+    columns: dict[str, Any] = {
+        "sweep.search": sweep.get("searchAlgorithm") or "random",
+        "sweep.scheduler": (sweep.get("scheduler") or {}).get("type") or "none",
+        "sweep.num_samples": sweep.get("numSamples"),
+        "sweep.max_concurrent_trials": sweep.get("maxConcurrentTrials"),
+        "sweep.ray_workers": ray.get("workers") if ray else None,
+    }
+    for name, space in (sweep.get("parameters") or {}).items():
+        columns[f"sweep.param.{name}"] = _scalar(space)
+    found = status.get("sweep") or {}
+    if found:
+        columns.update(
+            {
+                "trials.total": found.get("trials"),
+                "trials.completed": found.get("completed"),
+                "trials.stopped_early": found.get("stoppedEarly"),
+                "trials.failed": found.get("failed"),
+                "trials.best": (found.get("bestTrial") or {}).get("name"),
+            }
+        )
+    return {k: v for k, v in columns.items() if v is not None}
+
+
+def trial_records(
+    exp: Mapping[str, Any], report: SweepReport, template_spec: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """One flat record per trial of a sweep (``kexp export --trials``).
+
+    Each row names its experiment and trial; ``hp.*`` are the hyperparameters the trial ran
+    with (the spec's, overridden by the trial's), ``result.*`` its final evaluation.
+    """
+    meta = exp.get("metadata") or {}
+    spec = spec_of(exp, template_spec)
+    status = exp.get("status") or {}
+    prov = status.get("provenance") or {}
+    objective = spec.get("objective") or {}
+    base = dict(spec.get("hyperparameters") or {})
+    rows: list[dict[str, Any]] = []
+    for trial in report.trials:
+        row: dict[str, Any] = {
+            "namespace": meta.get("namespace"),
+            "name": meta.get("name"),
+            "trial": trial.name,
+            "state": trial.state,
+            "algorithm": status.get("algorithm") or spec.get("algorithm"),
+            "environment": status.get("environment") or (spec.get("environment") or {}).get("id"),
+            "objective": objective_metric(spec),
+            "mode": objective.get("mode") or "max",
+            "score": trial.score,
+            "step": trial.step,
+            "iterations": trial.iterations,
+            "checkpoint": trial.checkpoint,
+            "error": trial.error,
+            "git_commit": prov.get("gitCommit"),
+            "config_hash": prov.get("configHash"),
+            "uid": meta.get("uid"),
+        }
+        _flatten("hp.", {**base, **trial.hyperparameters}, row)
+        for name, value in trial.scores.items():
+            row[f"result.{name}"] = value
+        rows.append(row)
+    return rows
+
+
+def columns_for(
+    records: Iterable[Mapping[str, Any]], head: Sequence[str] = HEAD_COLUMNS
+) -> list[str]:
+    """The CSV's columns for these records: ``head``, then each group sorted."""
     seen: set[str] = set()
     for rec in records:
         seen.update(rec)
-    variable = seen.difference(HEAD_COLUMNS)
-    ordered = list(HEAD_COLUMNS)
+    variable = seen.difference(head)
+    ordered = list(head)
     for group in GROUPS:
         ordered += sorted(c for c in variable if c.startswith(group))
     ordered += sorted(c for c in variable if not c.startswith(GROUPS))

@@ -17,6 +17,12 @@ What a trainer gets:
 What a trainer writes under its prefix: ``checkpoints/step-<N>.pt``, ``checkpoints/best.pt``,
 ``checkpoints/latest`` (the key of the newest step checkpoint), ``progress.json`` (heartbeat),
 ``metrics.csv`` (history) and ``results.json`` (final evaluation and environment report).
+
+A sweep (``spec.sweep``) runs ``python -m kexp_trainers.tune`` instead, with the same
+environment. Each trial writes the files above under ``trials/<trial>/``; the sweep keeps
+Ray Tune's state under ``tune/`` (a restarted sweep resumes from it), rewrites ``sweep.json``
+(every trial's state and score) while it runs, and at the end writes ``results.json`` with the
+best trial's scores and checkpoints.
 """
 
 from __future__ import annotations
@@ -73,6 +79,14 @@ LATEST_POINTER: Final = "checkpoints/latest"
 PROGRESS_FILE: Final = "progress.json"
 METRICS_FILE: Final = "metrics.csv"
 RESULTS_FILE: Final = "results.json"
+#: A sweep's report: every trial's state, hyperparameters and score (``SweepReport``).
+SWEEP_FILE: Final = "sweep.json"
+#: Each trial's own run files live under ``trials/<trial>/``.
+TRIALS_DIR: Final = "trials"
+#: Ray Tune's experiment state (what ``Tuner.restore`` resumes from) lives under ``tune/``.
+TUNE_DIR: Final = "tune"
+#: Ray Tune's name for the sweep's experiment directory under ``tune/``.
+TUNE_EXPERIMENT: Final = "sweep"
 
 
 def s3_prefix(namespace: str, experiment: str, uid: str) -> str:
@@ -83,6 +97,11 @@ def s3_prefix(namespace: str, experiment: str, uid: str) -> str:
 def step_checkpoint(step: int) -> str:
     """Key, relative to the prefix, of the checkpoint taken at ``step``."""
     return f"{CHECKPOINTS_DIR}/step-{step}.pt"
+
+
+def trial_prefix(prefix: str, trial: str) -> str:
+    """The key prefix (trailing slash) of one sweep trial, under its experiment's prefix."""
+    return f"{prefix}{TRIALS_DIR}/{trial}/"
 
 
 def s3_uri(bucket: str, key: str) -> str:
@@ -99,6 +118,12 @@ METRIC_LOSS: Final = "kexp_trainer_loss"
 METRIC_EVAL_SCORE: Final = "kexp_trainer_eval_score"
 METRIC_CHECKPOINT_UPLOAD_SECONDS: Final = "kexp_trainer_checkpoint_upload_seconds"
 METRIC_GPU_MEMORY_BYTES: Final = "kexp_trainer_gpu_memory_bytes"
+
+# ---- KubeRay (a sweep with spec.sweep.rayCluster runs as a RayJob) ----------------------
+RAY_GROUP: Final = "ray.io"
+RAY_VERSION: Final = "v1"
+RAYJOB_KIND: Final = "RayJob"
+RAYJOB_PLURAL: Final = "rayjobs"
 
 # ---- labels and annotations the operator puts on objects ----------------------------------
 LABEL_EXPERIMENT: Final = "kexp.io/experiment"

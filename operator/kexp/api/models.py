@@ -96,6 +96,8 @@ MAX_ARGS: Final = 256
 MAX_ENV: Final = 128
 MAX_CONDITIONS: Final = 32
 MAX_LEADERBOARD: Final = 20
+#: Trials one sweep may plan (numSamples times the grid's combinations).
+MAX_TRIALS: Final = 10000
 
 DNSName = Annotated[str, StringConstraints(max_length=NAME_MAX, pattern=DNS_SUBDOMAIN_PATTERN)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]
@@ -456,6 +458,24 @@ class ParameterSpace(_Model):
         description="[low, high): sample an integer, low inclusive, high exclusive; low < high.",
     )
 
+    @property
+    def kind(self) -> str:
+        """Which field is set: choice, grid, uniform, logUniform or randint."""
+        for name, value in (
+            ("choice", self.choice),
+            ("grid", self.grid),
+            ("uniform", self.uniform),
+            ("logUniform", self.log_uniform),
+            ("randint", self.randint),
+        ):
+            if value is not None:
+                return name
+        raise ValueError("no kind set")  # the validator makes this unreachable
+
+    def values(self) -> list[bool | int | float | str]:
+        """The finite values of a choice or grid space (empty for the others)."""
+        return list(self.choice or self.grid or [])
+
     @model_validator(mode="after")
     def _one_valid_kind(self) -> ParameterSpace:
         kinds = {
@@ -483,6 +503,16 @@ class ParameterSpace(_Model):
 class Scheduler(_Model):
     """Early stopping of unpromising sweep trials."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _rule(
+                "!has(self.reductionFactor) || (has(self.type) && self.type == 'asha')",
+                "reductionFactor applies only to the asha scheduler",
+                ".reductionFactor",
+            )
+        )
+    )
+
     type: SchedulerType = Field(
         default=SchedulerType.NONE,
         description="none: run every trial to the end; asha: asynchronous successive halving; "
@@ -491,15 +521,19 @@ class Scheduler(_Model):
     grace_period: int | None = Field(
         default=None,
         ge=1,
-        description="Evaluations a trial gets before it may be stopped. Unset: the scheduler's "
-        "default.",
+        description="Reports (training updates) a trial makes before it may be stopped. Unset: 1.",
     )
     reduction_factor: int | None = Field(
         default=None,
         ge=2,
-        description="asha only: keep 1/reductionFactor of the trials at each rung. Unset: the "
-        "scheduler's default.",
+        description="asha only: keep 1/reductionFactor of the trials at each rung. Unset: 4.",
     )
+
+    @model_validator(mode="after")
+    def _reduction_factor_for_asha(self) -> Scheduler:
+        if self.reduction_factor is not None and self.type != SchedulerType.ASHA:
+            raise ValueError("reductionFactor applies only to the asha scheduler")
+        return self
 
 
 class RayCluster(_Model):
@@ -507,13 +541,41 @@ class RayCluster(_Model):
 
     workers: int = Field(default=1, ge=1, le=1024, description="Number of Ray worker pods.")
     gpus_per_worker: int = Field(default=0, ge=0, le=64, description="GPUs of each worker pod.")
+    cpu_per_worker: Quantity | None = Field(
+        default=None,
+        description="CPU request and limit of each worker pod. Unset: spec.resources.cpu "
+        "(one trial's worth).",
+    )
+    memory_per_worker: Quantity | None = Field(
+        default=None,
+        description="Memory request and limit of each worker pod. Unset: spec.resources.memory.",
+    )
     image: Text | None = Field(
         default=None, description="Container image of the Ray pods. Unset: the trainer image."
     )
 
 
+_FINITE_ONLY = (
+    "self.parameters.all(k, !has(self.parameters[k].uniform) && "
+    "!has(self.parameters[k].logUniform) && !has(self.parameters[k].randint))"
+)
+
+
 class Sweep(_Model):
     """A hyperparameter sweep (Ray Tune): present, it turns the Experiment into many trials."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _rule(
+                f"!has(self.searchAlgorithm) || self.searchAlgorithm != 'grid' || {_FINITE_ONLY}",
+                "the grid search tries every combination, so every parameter must be grid or "
+                "choice (not uniform, logUniform or randint)",
+                ".parameters",
+            ),
+        )
+    )
+    # "tpe cannot sample a grid" is not a CEL rule: grid holds untyped values, which CEL
+    # cannot see (see ParameterSpace); the pydantic validator below and the operator check it.
 
     num_samples: int = Field(
         default=1,
@@ -525,7 +587,9 @@ class Sweep(_Model):
         default=None,
         ge=1,
         le=1024,
-        description="Trials running at once. Unset: as many as the resources allow.",
+        description="Trials running at once. Each trial gets spec.resources; a sweep without "
+        "rayCluster runs in one pod sized for this many trials. Unset: 1 without rayCluster, "
+        "as many as the Ray workers hold with it.",
     )
     search_algorithm: SearchAlgorithm = Field(
         default=SearchAlgorithm.RANDOM,
@@ -546,6 +610,42 @@ class Sweep(_Model):
         description="Run the sweep on its own Ray cluster (KubeRay RayJob). Unset: one pod "
         "runs Ray Tune locally.",
     )
+
+    @model_validator(mode="after")
+    def _search_fits_space(self) -> Sweep:
+        kinds = {name: space.kind for name, space in self.parameters.items()}
+        if self.search_algorithm == SearchAlgorithm.GRID:
+            bad = sorted(n for n, kind in kinds.items() if kind not in ("grid", "choice"))
+            if bad:
+                raise ValueError(
+                    f"parameters.{bad[0]}.{kinds[bad[0]]}: the grid search tries every "
+                    "combination, so every parameter must be grid or choice"
+                )
+        if self.search_algorithm == SearchAlgorithm.TPE:
+            grids = sorted(n for n, kind in kinds.items() if kind == "grid")
+            if grids:
+                raise ValueError(
+                    f"parameters.{grids[0]}.grid: the tpe search cannot sample a grid; use "
+                    "choice, or searchAlgorithm grid"
+                )
+        if self.planned_trials() > MAX_TRIALS:
+            raise ValueError(
+                f"numSamples x grid combinations is {self.planned_trials()} trials; at most "
+                f"{MAX_TRIALS} are allowed"
+            )
+        return self
+
+    def planned_trials(self) -> int:
+        """How many trials the sweep will run: numSamples times the grid's combinations.
+
+        The grid search crosses choice parameters too; the others sample them.
+        """
+        crossed = ("grid", "choice") if self.search_algorithm == SearchAlgorithm.GRID else ("grid",)
+        combinations = 1
+        for space in self.parameters.values():
+            if space.kind in crossed:
+                combinations *= len(space.values())
+        return self.num_samples * combinations
 
 
 class Resources(_Model):
@@ -760,6 +860,19 @@ def _immutability_rules(schema: JsonDict) -> None:
             "FieldValueRequired",
         ),
     ]
+    spec_rules += [
+        _rule(
+            "!has(self.sweep) || !has(self.algorithm) || self.algorithm != 'Custom'",
+            "spec.sweep: a sweep runs kexp's built-in algorithms; a Custom trainer cannot be swept",
+            ".sweep",
+        ),
+        _rule(
+            "!has(self.sweep) || !has(self.resources) || !has(self.resources.nodes) || "
+            "self.resources.nodes == 1",
+            "spec.sweep: each trial runs on one node; spec.resources.nodes must be 1",
+            ".sweep",
+        ),
+    ]
     for name, prop in properties.items():
         if name in MUTABLE_SPEC_FIELDS or not isinstance(prop, dict):
             continue
@@ -897,23 +1010,48 @@ class Checkpoints(_StatusModel):
     )
 
 
+class TrialState(StrEnum):
+    """Where one trial of a sweep is."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED_EARLY = "stoppedEarly"
+    FAILED = "failed"
+
+
 class Trial(_StatusModel):
     """One trial of a sweep."""
 
-    name: str | None = Field(default=None, description="Trial name.")
+    name: str | None = Field(default=None, description="Trial name (Ray Tune's trial id).")
+    state: TrialState | None = Field(
+        default=None,
+        description="pending, running, completed, stoppedEarly (by the scheduler) or failed.",
+    )
     hyperparameters: Annotated[
         dict[str, Scalar],
         WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
     ] = Field(default_factory=dict, description="The trial's sampled hyperparameters.")
-    score: float | None = Field(default=None, description="The trial's objective value.")
+    score: float | None = Field(
+        default=None,
+        description="The trial's objective value: from its final evaluation, or for a trial "
+        "stopped early its last value during training.",
+    )
+    step: int | None = Field(default=None, ge=0, description="Environment steps it trained.")
     checkpoint: str | None = Field(
         default=None, description="S3 URI of the trial's best checkpoint."
+    )
+    error: Annotated[str, StringConstraints(max_length=TEXT_MAX)] | None = Field(
+        default=None, description="Why the trial failed, in one line."
     )
 
 
 class SweepStatus(_StatusModel):
     """Progress and results of a sweep."""
 
+    planned: int | None = Field(
+        default=None, ge=0, description="Trials the sweep will run (numSamples x grid)."
+    )
     trials: int | None = Field(default=None, ge=0, description="Trials created.")
     running: int | None = Field(default=None, ge=0, description="Trials running now.")
     completed: int | None = Field(default=None, ge=0, description="Trials that ran to the end.")
@@ -925,7 +1063,11 @@ class SweepStatus(_StatusModel):
     leaderboard: list[Trial] = Field(
         default_factory=list,
         max_length=MAX_LEADERBOARD,
-        description="The best trials, best first.",
+        description=f"The best trials by the objective, best first (at most {MAX_LEADERBOARD}; "
+        "every trial is in sweep.json under the run's S3 prefix).",
+    )
+    updated_at: datetime | None = Field(
+        default=None, description="When the sweep last reported (its heartbeat)."
     )
 
 

@@ -1,4 +1,5 @@
-"""What a trainer writes for the operator to read: ``progress.json`` and ``results.json``.
+"""What a trainer writes for the operator to read: ``progress.json``, ``results.json`` and,
+for sweeps, ``sweep.json``.
 
 Part of the trainer contract (``kexp.api.contract`` names the files); the trainer runtime
 writes these models and the operator's harvest reads them, so both sides share one
@@ -64,3 +65,43 @@ class ResultsReport(_Report):
         default=None, description="The spec field at fault (e.g. spec.environment.id), if any."
     )
     finished_at: str | None = None
+
+
+TrialStateName = Literal["pending", "running", "completed", "stoppedEarly", "failed"]
+
+
+class TrialReport(_Report):
+    """One trial of a sweep, as the sweep's driver last saw it."""
+
+    name: str = Field(description="The trial's name (Ray Tune's trial id).")
+    state: TrialStateName
+    hyperparameters: dict[str, bool | int | float | str] = Field(default_factory=dict)
+    score: float | None = Field(
+        default=None,
+        description="Objective value: the final evaluation's, or the last one seen during "
+        "training for a trial that did not finish.",
+    )
+    scores: dict[str, float] = Field(
+        default_factory=dict, description="The final evaluation's scores (finished trials)."
+    )
+    step: int | None = Field(default=None, ge=0, description="Environment steps trained.")
+    iterations: int = Field(default=0, ge=0, description="Reports the trial made to Tune.")
+    checkpoint: str | None = Field(default=None, description="S3 URI of its best checkpoint.")
+    error: str | None = Field(default=None, description="Why it failed, in one line.")
+
+
+class SweepReport(_Report):
+    """The state of a whole sweep; rewritten while it runs, final when ``outcome`` is not
+    ``running``."""
+
+    outcome: Literal["running", "succeeded", "failed"]
+    metric: str = Field(description="The objective's metric (spec.objective.metric).")
+    mode: Literal["min", "max"] = "max"
+    planned: int | None = Field(
+        default=None, ge=0, description="Trials the sweep will run (numSamples x grid)."
+    )
+    trials: list[TrialReport] = Field(default_factory=list)
+    error: str | None = Field(
+        default=None, description="Why the sweep failed: the first trial's error if all failed."
+    )
+    updated_at: str = Field(description="When this report was written (RFC 3339, UTC).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,12 +14,20 @@ from kexp.api.models import ExperimentSpec
 IMITATION_ALGORITHMS = frozenset({"BC", "GAIL", "CIMRL"})
 
 
+#: A model validator names the field at fault below its model by starting its message with
+#: the field's relative path (``parameters.lr.grid: ...``); the path is joined to the loc.
+_RELATIVE_FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z0-9_-]+)*): ")
+
+
 def describe_errors(exc: ValidationError, root: str = "spec") -> str:
     """``spec.a.b: message; spec.c: message`` from a pydantic error, one entry per problem."""
     parts = []
     for err in exc.errors(include_url=False):
         path = ".".join(str(p) for p in (root, *err["loc"]))
         message = str(err["msg"]).removeprefix("Value error, ")
+        below = _RELATIVE_FIELD.match(message)
+        if below is not None:
+            path, message = f"{path}.{below.group(1)}", message[below.end() :]
         parts.append(f"{path}: {message}")
     return "; ".join(parts)
 
@@ -49,12 +58,15 @@ def validate_spec(merged: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"spec.expertData: required for {algorithm} (an s3:// URI of expert demonstrations)"
         )
-    sweep = resolved.get("sweep") or {}
-    if sweep.get("searchAlgorithm") == "tpe":
-        grids = sorted(n for n, p in (sweep.get("parameters") or {}).items() if "grid" in p)
-        if grids:
+    if resolved.get("sweep"):
+        # The CRD checks these too, but a template may supply either side.
+        if algorithm == "Custom":
             raise ValueError(
-                f"spec.sweep.parameters.{grids[0]}.grid: the tpe search cannot sample a grid; "
-                "use choice, or searchAlgorithm grid"
+                "spec.sweep: a sweep runs kexp's built-in algorithms; a Custom trainer cannot "
+                "be swept"
+            )
+        if int((resolved.get("resources") or {}).get("nodes", 1)) > 1:
+            raise ValueError(
+                "spec.sweep: each trial runs on one node; spec.resources.nodes must be 1"
             )
     return resolved

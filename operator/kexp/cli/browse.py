@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sys
 from collections.abc import Mapping, Sequence
@@ -12,7 +13,9 @@ import click
 
 from kexp.analysis.compare import best_index, compare
 from kexp.analysis.records import (
+    HEAD_COLUMNS,
     SORT_KEYS,
+    TRIAL_HEAD_COLUMNS,
     UnknownColumn,
     columns_for,
     matches,
@@ -20,6 +23,7 @@ from kexp.analysis.records import (
     record,
     select_columns,
     sort_records,
+    trial_records,
 )
 from kexp.cli.common import (
     EXIT_NO_MATCH,
@@ -36,7 +40,7 @@ from kexp.cli.common import (
     use_colour,
     write_new_file,
 )
-from kexp.cli.fetch import get_experiment, records, resolved
+from kexp.cli.fetch import get_experiment, records, resolved, sweep_report
 
 
 def age(timestamp: str | None, now: dt.datetime | None = None) -> str:
@@ -217,6 +221,7 @@ def show_text(exp: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
     results = status.get("results") or {}
     if results:
         lines += [_section("Results"), *_pairs(sorted(results.items()))]
+    lines += sweep_lines(spec, status)
     conditions = status.get("conditions") or []
     if conditions:
         lines.append(_section("Conditions"))
@@ -232,6 +237,55 @@ def show_text(exp: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
         block = render_table(["TYPE", "STATUS", "REASON", "MESSAGE"], table, shrink=[3])
         lines += ["  " + line for line in block.splitlines()]
     return "\n".join(lines)
+
+
+def sweep_lines(spec: Mapping[str, Any], status: Mapping[str, Any]) -> list[str]:
+    """``kexp show``'s Sweep section: the search, the trial counts and the leaderboard."""
+    sweep = spec.get("sweep") or {}
+    if not sweep:
+        return []
+    found = status.get("sweep") or {}
+    scheduler = (sweep.get("scheduler") or {}).get("type") or "none"
+    ray = sweep.get("rayCluster") or {}
+    where = f"Ray cluster, {ray.get('workers', 1)} worker(s)" if ray else "one pod"
+    counts = None
+    if found:
+        counts = (
+            f"{found.get('trials', 0)} of {found.get('planned', '?')}: "
+            f"{found.get('running', 0)} running, {found.get('completed', 0)} completed, "
+            f"{found.get('stoppedEarly', 0)} stopped early, {found.get('failed', 0)} failed"
+        )
+    best = found.get("bestTrial") or {}
+    lines = [
+        _section("Sweep"),
+        *_pairs(
+            [
+                ("Search", f"{sweep.get('searchAlgorithm') or 'random'}, scheduler {scheduler}"),
+                ("Runs on", where),
+                ("Trials", counts),
+                ("Best trial", best.get("name")),
+                ("Best score", best.get("score")),
+                ("Best checkpoint", best.get("checkpoint")),
+            ]
+        ),
+    ]
+    board = found.get("leaderboard") or []
+    if board:
+        names = sorted({k for t in board for k in (t.get("hyperparameters") or {})})
+        table = [
+            [
+                str(rank),
+                str(t.get("name") or ""),
+                str(t.get("state") or ""),
+                fmt(t.get("score"), 6),
+                fmt(t.get("step")),
+                *(fmt((t.get("hyperparameters") or {}).get(n), 4) for n in names),
+            ]
+            for rank, t in enumerate(board, start=1)
+        ]
+        block = render_table(["#", "TRIAL", "STATE", "SCORE", "STEP", *names], table)
+        lines += ["  " + line for line in block.splitlines()]
+    return lines
 
 
 @click.command()
@@ -301,6 +355,11 @@ def compare_(session: Session, names: tuple[str, ...], show_all: bool, output: s
     help="Comma-separated columns, in order (a trailing * picks a group: hp.*,result.*).",
 )
 @_sort_option
+@click.option(
+    "--trials",
+    is_flag=True,
+    help="One row per trial of each selected sweep (read from its sweep.json in S3).",
+)
 @click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 def export(
     session: Session,
@@ -311,16 +370,23 @@ def export(
     algorithms: tuple[str, ...],
     columns: str | None,
     sort_key: str,
+    trials: bool,
     force: bool,
 ) -> None:
     """Export the master CSV to PATH ('-' for stdout): one row per experiment.
 
     Columns, in a stable order: identity and outcome, provenance, then every hyperparameter
     (hp.*), training (train.*), environment (env.*), evaluation (eval.*) and resource (res.*)
-    setting, then every harvested score (result.*).
+    setting, a sweep's search (sweep.*), every harvested score (result.*) and a sweep's trial
+    counts (trials.*). With --trials: one row per trial of each sweep, with the
+    hyperparameters it ran with (hp.*) and its final scores (result.*).
     """
     rows = sort_records(_selected(session, all_namespaces, phases, tags, algorithms), sort_key)
-    available = columns_for(rows)
+    head: tuple[str, ...] = HEAD_COLUMNS
+    what = "experiment(s)"
+    if trials:
+        rows, head, what = _trial_rows(session, rows), TRIAL_HEAD_COLUMNS, "trial(s)"
+    available = columns_for(rows, head)
     chosen = available
     if columns:
         try:
@@ -332,4 +398,23 @@ def export(
         sys.stdout.write(text)
         return
     write_new_file(path, text, force=force)
-    click.echo(f"wrote {len(rows)} experiment(s), {len(chosen)} columns to {path}", err=True)
+    click.echo(f"wrote {len(rows)} {what}, {len(chosen)} columns to {path}", err=True)
+
+
+def _trial_rows(session: Session, selected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trials of the selected experiments that are sweeps, in their order."""
+    rows: list[dict[str, Any]] = []
+    sweeps = 0
+    for rec in selected:
+        if not any(str(k).startswith("sweep.") for k in rec):
+            continue
+        sweeps += 1
+        there = dataclasses.replace(session, namespace_flag=str(rec["namespace"]))
+        exp = get_experiment(there, str(rec["name"]))
+        spec = resolved(there, exp)
+        report = sweep_report(there, exp, spec)
+        if report is not None:
+            rows += trial_records({**exp, "spec": spec}, report)
+    if not sweeps:
+        fail("--trials: none of the selected experiments is a sweep", EXIT_NO_MATCH)
+    return rows

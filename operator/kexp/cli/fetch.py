@@ -16,10 +16,11 @@ from urllib3.exceptions import HTTPError
 
 from kexp.analysis.records import record, spec_of
 from kexp.api import contract
+from kexp.api.reports import SweepReport
 from kexp.api.validation import validate_spec
 from kexp.cli.common import EXIT_FAILED, EXIT_NOT_FOUND, Session, fail
 from kexp.render.resolved import ResolvedExperiment
-from kexp.storage.runfiles import credentials_from_secret
+from kexp.storage.runfiles import credentials_from_secret, read_sweep
 from kexp.storage.s3 import s3_client
 
 TemplateKey = tuple[str, str]
@@ -128,6 +129,18 @@ def _env_overrides() -> dict[str, str]:
     if endpoint:
         out[contract.S3_ENDPOINT_KEY] = endpoint
     return out
+
+
+def sweep_report(
+    session: Session, exp: Mapping[str, Any], spec: Mapping[str, Any]
+) -> SweepReport | None:
+    """The sweep's sweep.json (every trial); None when it has written none yet. S3 failures
+    end the command with one line naming the store."""
+    store = run_store(session, exp, spec)
+    try:
+        return read_sweep(store.client, store.bucket, store.prefix)
+    except S3_ERRORS as exc:
+        fail(s3_error(store, exc))
 
 
 def s3_error(store: RunStore, exc: Exception) -> str:

@@ -27,7 +27,7 @@ from kubernetes.client.rest import ApiException
 from kexp.api import contract
 from kexp.dev import cluster
 from kexp.kube.client import sync_api_client
-from kexp.render.names import train_job_name
+from kexp.render.names import sweep_name, train_job_name
 from kexp.render.training import CONTAINER_NAME
 
 if TYPE_CHECKING:
@@ -93,6 +93,29 @@ def run_pod_as_process(
     )
 
 
+def end_simulated_pods(api: Any, namespace: str, job_name: str, exit_code: int) -> int:
+    """End the kwok-simulated pods of ``job_name`` the way the local process ended.
+
+    The simulated pod otherwise lives as long as its ``sim.kexp.io/run-for`` annotation
+    says; this sets it to 0s (and the exit code, when the process failed), and kwok, which
+    re-reads a pod's annotations on every change, ends the pod at once. Returns how many
+    running pods it ended.
+    """
+    core = client.CoreV1Api(api)
+    annotations = {cluster.SIM_RUN_FOR: "0s"}
+    if exit_code != 0:
+        annotations[cluster.SIM_EXIT_CODE] = str(exit_code)
+    ended = 0
+    selector = f"batch.kubernetes.io/job-name={job_name}"
+    for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+        if pod.status.phase in ("Succeeded", "Failed") or pod.metadata.deletion_timestamp:
+            continue
+        patch = {"metadata": {"annotations": annotations}}
+        core.patch_namespaced_pod(pod.metadata.name, namespace, patch)
+        ended += 1
+    return ended
+
+
 class PodRunError(RuntimeError):
     """The experiment's trainer pod could not be started here; the message says why."""
 
@@ -122,16 +145,22 @@ def run_experiment_trainer(
     api = sync_api_client(stack.kubeconfig)
     batch = client.BatchV1Api(api)
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            job = batch.read_namespaced_job(train_job_name(name), namespace)
-            break
-        except ApiException as exc:
-            if exc.status != 404:
-                raise PodRunError(f"cannot read Job {train_job_name(name)}: {exc.reason}") from None
-        if time.monotonic() > deadline:
-            raise PodRunError(f"experiment {name!r} has no training Job after {timeout_s:.0f}s")
-        time.sleep(0.5)
+    job: Any = None
+    while job is None:
+        # A training Job, or the Job of a one-pod sweep: the same contract, another command.
+        for job_name in (train_job_name(name), sweep_name(name)):
+            try:
+                job = batch.read_namespaced_job(job_name, namespace)
+                break
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise PodRunError(f"cannot read Job {job_name}: {exc.reason}") from None
+        if job is None:
+            if time.monotonic() > deadline:
+                raise PodRunError(
+                    f"experiment {name!r} has no training or sweep Job after {timeout_s:.0f}s"
+                )
+            time.sleep(0.5)
     port = _free_port()
     target = f"trainer-{namespace}-{name}"
     prom = stack.prometheus()
@@ -144,7 +173,7 @@ def run_experiment_trainer(
     pod_log_path = stack.state_dir / "logs" / "pods" / f"{target}.log"
     pod_log_path.parent.mkdir(parents=True, exist_ok=True)
     core = client.CoreV1Api(api)
-    job_selector = f"batch.kubernetes.io/job-name={train_job_name(name)}"
+    job_selector = f"batch.kubernetes.io/job-name={job.metadata.name}"
     registered: set[str] = set()
     registering = True
 

@@ -22,17 +22,24 @@ import kopf
 from prometheus_client import start_http_server
 
 from kexp.api import contract, models
-from kexp.api.reports import ProgressReport, ResultsReport
+from kexp.api.reports import ProgressReport, ResultsReport, SweepReport
 from kexp.api.validation import validate_spec
 from kexp.handlers.metrics import OperatorMetrics
 from kexp.handlers.plan import TERMINAL, ApiFunctions, Observed, Plan, plan_pass
 from kexp.handlers.provenance import SourceError, is_commit, resolve_revision
 from kexp.kube import aio
-from kexp.render.names import train_job_name
+from kexp.render.names import workload_name
 from kexp.render.resolved import ResolvedExperiment
 from kexp.render.settings import RenderSettings
+from kexp.render.sweep import uses_ray_cluster
 from kexp.status.harvest import results_csv_spec
-from kexp.storage.runfiles import credentials_from_secret, read_progress, read_results
+from kexp.status.sweep import ray_job_ended, ray_job_succeeded
+from kexp.storage.runfiles import (
+    credentials_from_secret,
+    read_progress,
+    read_results,
+    read_sweep,
+)
 from kexp.storage.s3 import s3_client
 
 log = logging.getLogger("kexp.operator")
@@ -46,6 +53,8 @@ PROGRESS_INTERVAL_S = float(os.environ.get("KEXP_PROGRESS_INTERVAL_S", "10"))
 SECRET_TTL_S = 30.0
 #: A heartbeat older than this marks a run Stalled.
 STALL_AFTER_S = float(os.environ.get("KEXP_STALL_SECONDS", "600"))
+#: How long the answer to "does the cluster serve KubeRay's RayJob?" is reused.
+KUBERAY_TTL_S = 30.0
 API_FUNCTIONS = ApiFunctions(
     validate=validate_spec, merge_template=models.merge_template, config_hash=models.config_hash
 )
@@ -106,7 +115,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.failures = {}
     memo.retries = {}
     memo.running = set()
-    memo.shared = {"indexes": None, "secrets": {}}
+    memo.shared = {"indexes": None, "secrets": {}, "kuberay": None}
     memo.progress_task = asyncio.get_running_loop().create_task(_poll_progress(memo))
     log.info("kexp operator started; trainer image %s", memo.render.trainer_image)
 
@@ -187,6 +196,15 @@ async def jobs_idx(
     return {(namespace, labels.get(contract.LABEL_EXPERIMENT, "")): _status_only(body)}
 
 
+# KubeRay's RayJobs (sweeps with spec.sweep.rayCluster). Without KubeRay's CRDs kopf logs
+# once that it cannot serve them, and starts watching when the CRDs appear.
+@kopf.index(aio.RAY_GROUP, aio.RAY_VERSION, aio.RAYJOBS, labels=MANAGED)  # type: ignore[arg-type]
+async def rayjobs_idx(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    return {(namespace, labels.get(contract.LABEL_EXPERIMENT, "")): _status_only(body)}
+
+
 @kopf.index("", "v1", "pods", labels=MANAGED)  # type: ignore[arg-type]
 async def pods_idx(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
@@ -211,9 +229,10 @@ async def on_experiment(
     templates_idx: kopf.Index[Key, Any],
     jobs_idx: kopf.Index[Key, Any],
     pods_idx: kopf.Index[Key, Any],
+    rayjobs_idx: kopf.Index[Key, Any],
     **_: Any,
 ) -> None:
-    indexes = (experiments_idx, templates_idx, jobs_idx, pods_idx)
+    indexes = (experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx)
     if type == "DELETED":
         memo.metrics.forget((namespace, name))
         for cache in (memo.bodies, memo.locks, memo.written):
@@ -255,6 +274,7 @@ async def on_job(
     templates_idx: kopf.Index[Key, Any],
     jobs_idx: kopf.Index[Key, Any],
     pods_idx: kopf.Index[Key, Any],
+    rayjobs_idx: kopf.Index[Key, Any],
     **_: Any,
 ) -> None:
     summary = None if type == "DELETED" else _job_summary(body)
@@ -266,7 +286,7 @@ async def on_job(
         summary,
         namespace,
         labels,
-        (experiments_idx, templates_idx, jobs_idx, pods_idx),
+        (experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx),
         on_delete=True,
     )
 
@@ -298,6 +318,7 @@ async def on_pod(
     templates_idx: kopf.Index[Key, Any],
     jobs_idx: kopf.Index[Key, Any],
     pods_idx: kopf.Index[Key, Any],
+    rayjobs_idx: kopf.Index[Key, Any],
     **_: Any,
 ) -> None:
     summary = None if type == "DELETED" else _pod_summary(body)
@@ -308,8 +329,43 @@ async def on_pod(
         summary,
         namespace,
         labels,
-        (experiments_idx, templates_idx, jobs_idx, pods_idx),
+        (experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx),
         on_delete=False,
+    )
+
+
+def _ray_job_summary(body: kopf.Body) -> tuple[Any, ...]:
+    """The parts of a RayJob a pass reads."""
+    status = body.get("status", {})
+    keys = ("jobDeploymentStatus", "jobStatus", "reason", "message", "startTime", "endTime")
+    return tuple(status.get(k) for k in keys)
+
+
+@kopf.on.event(aio.RAY_GROUP, aio.RAY_VERSION, aio.RAYJOBS, labels=MANAGED)  # type: ignore[arg-type]
+async def on_rayjob(
+    type: str | None,
+    uid: str,
+    body: kopf.Body,
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    experiments_idx: kopf.Index[Key, Any],
+    templates_idx: kopf.Index[Key, Any],
+    jobs_idx: kopf.Index[Key, Any],
+    pods_idx: kopf.Index[Key, Any],
+    rayjobs_idx: kopf.Index[Key, Any],
+    **_: Any,
+) -> None:
+    summary = None if type == "DELETED" else _ray_job_summary(body)
+    await _on_child_event(
+        memo,
+        memo.jobs_seen,
+        uid,
+        summary,
+        namespace,
+        labels,
+        (experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx),
+        on_delete=True,
     )
 
 
@@ -322,9 +378,10 @@ async def on_template(
     templates_idx: kopf.Index[Key, Any],
     jobs_idx: kopf.Index[Key, Any],
     pods_idx: kopf.Index[Key, Any],
+    rayjobs_idx: kopf.Index[Key, Any],
     **_: Any,
 ) -> None:
-    indexes = (experiments_idx, templates_idx, jobs_idx, pods_idx)
+    indexes = (experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx)
     for exp in await memo.kube.list_experiments(namespace, f"{contract.LABEL_TEMPLATE}={name}"):
         await reconcile(memo, namespace, exp["metadata"]["name"], exp, indexes)
 
@@ -444,6 +501,29 @@ async def _fetch_progress(
     return await asyncio.to_thread(read_progress, client, where.bucket, where.s3_prefix)
 
 
+async def _fetch_sweep(
+    memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
+) -> SweepReport | None:
+    """The sweep's latest sweep.json, if it has written one (a bad one is ignored)."""
+    located = await _run_location(memo, body, template_spec)
+    if isinstance(located, str):
+        return None
+    client, where = located
+    return await asyncio.to_thread(read_sweep, client, where.bucket, where.s3_prefix)
+
+
+async def _serves_kuberay(memo: kopf.Memo) -> bool:
+    """Whether the cluster serves KubeRay's RayJob, asked at most every KUBERAY_TTL_S."""
+    cached: tuple[float, bool] | None = memo.shared.get("kuberay")
+    now = time.monotonic()
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    kube: aio.Kube = memo.kube
+    answer = await kube.serves(aio.RAY_GROUP, aio.RAY_VERSION, aio.RAYJOBS)
+    memo.shared["kuberay"] = (now + KUBERAY_TTL_S, answer)
+    return answer
+
+
 def _job_was_created(body: dict[str, Any]) -> bool:
     conditions = (body.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "JobCreated" and c.get("status") == "True" for c in conditions)
@@ -456,12 +536,15 @@ async def _observe(
     indexes: tuple[Any, ...],
     read_progress: bool = False,
 ) -> Observed:
-    experiments_idx, templates_idx, jobs_idx, pods_idx = indexes
+    experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx = indexes
     name = body["metadata"]["name"]
     spec = body.get("spec") or {}
     template = None
     if spec.get("templateRef"):
         template = _one(templates_idx, (namespace, spec["templateRef"]))
+    merged = models.merge_template(template or {}, spec) if template else spec
+    is_sweep = bool(merged.get("sweep"))
+    on_ray = is_sweep and uses_ray_cluster(merged)
     store = pods_idx.get((namespace, name))
     pods = [p for p in store] if store is not None else []
     experiments = (
@@ -484,21 +567,41 @@ async def _observe(
             error = str(exc)
     elif revision and not source.get("commit") and not known and is_commit(revision):
         resolved = revision
-    job = _one(jobs_idx, (namespace, name))
-    if job is None and _job_was_created(body):
-        # The Job's watch event can trail our own status write: ask before calling it deleted.
-        job = await memo.kube.get_job(namespace, train_job_name(name))
+    job, ray_job, kuberay = None, None, None
+    if on_ray:
+        ray_job = _one(rayjobs_idx, (namespace, name))
+        if ray_job is None and _job_was_created(body):
+            ray_job = await memo.kube.get_ray_job(namespace, workload_name(name, merged))
+        if ray_job is None:
+            kuberay = await _serves_kuberay(memo)
+        child, ended = ray_job, ray_job is not None and ray_job_ended(ray_job)
+        succeeded = ray_job is not None and ray_job_succeeded(ray_job)
+    else:
+        job = _one(jobs_idx, (namespace, name))
+        if job is None and _job_was_created(body):
+            # The Job's watch event can trail our own status write: ask before calling it
+            # deleted.
+            job = await memo.kube.get_job(namespace, workload_name(name, merged))
+        child, ended = job, job is not None and _job_ended(job)
+        succeeded = job is not None and _job_succeeded(job)
     results, results_error = None, None
+    sweep = None
     finished = (body.get("status") or {}).get("phase") in TERMINAL
-    if job is not None and _job_ended(job) and not finished:
+    if child is not None and ended and not finished:
         # Read once, on the pass that finishes the run; a finished record is never re-planned.
-        results, results_error = await _fetch_results(
-            memo, body, template or {}, _job_succeeded(job)
-        )
+        results, results_error = await _fetch_results(memo, body, template or {}, succeeded)
+        if is_sweep:
+            sweep = await _fetch_sweep(memo, body, template or {})
     progress = None
-    if read_progress and job is not None and not _job_ended(job):
-        progress = await _fetch_progress(memo, body, template or {})
+    if read_progress and child is not None and not ended:
+        if is_sweep:
+            sweep = await _fetch_sweep(memo, body, template or {})
+        else:
+            progress = await _fetch_progress(memo, body, template or {})
     return Observed(
+        sweep=sweep,
+        ray_job=ray_job,
+        kuberay=kuberay,
         progress=progress,
         stall_after_s=STALL_AFTER_S,
         results=results,
@@ -597,7 +700,10 @@ async def reconcile(
                 # kopf hands each object a shallow copy of the memo: only shared containers
                 # reach the progress loop, so the indexes go into one.
                 memo.shared["indexes"] = indexes
-                if plan.status.get("phase") == "Running":
+                if plan.status.get("phase") == "Running" or plan.status.get("reason") == (
+                    "KubeRayMissing"
+                ):
+                    # Polled: heartbeats are read, and KubeRay may be installed meanwhile.
                     memo.running.add(key)
                 else:
                     memo.running.discard(key)

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kexp.api import contract
-from kexp.api.reports import ProgressReport, ResultsReport
+from kexp.api.reports import ProgressReport, ResultsReport, SweepReport
 from kexp.render import names
 from kexp.render.resolved import ResolvedExperiment, init_checkpoint_uri
 from kexp.render.settings import RenderSettings
+from kexp.render.sweep import uses_ray_cluster
 from kexp.render.training import render_children
+from kexp.status import sweep as sweeps
 from kexp.status.conditions import condition, set_condition
 from kexp.status.harvest import failure_message, harvested_fields
 from kexp.status.progress import progress_status, stalled_for
@@ -26,6 +28,7 @@ from kexp.status.training import (
     STARTING_MESSAGE,
     STUCK_WAITING_REASONS,
     TrainingState,
+    pod_problem,
     training_state,
 )
 
@@ -37,7 +40,14 @@ PROBLEM_REASONS: Final = STUCK_WAITING_REASONS | {
     "TemplateNotFound",
     "InvalidSpec",
     "TrainerFailed",
+    "KubeRayMissing",
+    "AllTrialsFailed",
 }
+KUBERAY_MISSING: Final = (
+    "spec.sweep.rayCluster needs KubeRay, and this cluster does not serve RayJobs "
+    f"({contract.RAY_GROUP}/{contract.RAY_VERSION}); install KubeRay, or remove rayCluster to "
+    "run the sweep in one pod"
+)
 
 Validator = Callable[[dict[str, Any]], dict[str, Any]]
 Merger = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
@@ -71,6 +81,12 @@ class Observed:
     progress: ProgressReport | None = None
     #: A heartbeat older than this many seconds marks the run Stalled.
     stall_after_s: float = 600.0
+    #: A sweep's sweep.json, read while it runs and when its workload has ended.
+    sweep: SweepReport | None = None
+    #: The RayJob of a sweep on its own Ray cluster (spec.sweep.rayCluster).
+    ray_job: dict[str, Any] | None = None
+    #: Whether the cluster serves KubeRay's RayJob; None when it was not asked.
+    kuberay: bool | None = None
 
 
 @dataclass
@@ -184,7 +200,6 @@ def plan_pass(
     status: dict[str, Any] = dict(old)
     status["observedGeneration"] = generation
     conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
-    train_job = names.train_job_name(meta["name"])
 
     def cond(type_: str, ok: bool, reason: str, message: str) -> None:
         nonlocal conditions
@@ -232,13 +247,21 @@ def plan_pass(
     elif prov.get("gitCommit"):
         cond("SourceResolved", True, "CommitKnown", f"commit {prov['gitCommit']}")
 
+    is_sweep = bool(merged.get("sweep"))
+    on_ray = is_sweep and uses_ray_cluster(merged)
+    workload = names.workload_name(meta["name"], merged)
+    what = "RayJob" if on_ray else ("sweep Job" if is_sweep else "training Job")
+    child = observed.ray_job if on_ray else observed.job
     job_was_created = (condition(conditions, "JobCreated") or {}).get("status") == "True"
-    if observed.job is None and job_was_created:
+    if child is None and job_was_created:
         status["provenance"] = prov
-        return finish("Failed", "JobDeleted", f"the training Job {train_job} was deleted")
+        return finish("Failed", "JobDeleted", f"the {what} {workload} was deleted")
+    if on_ray and child is None and observed.kuberay is False:
+        status["provenance"] = prov
+        return finish("Pending", "KubeRayMissing", KUBERAY_MISSING)
 
     state: TrainingState
-    if observed.job is None:
+    if child is None:
         resolved = ResolvedExperiment(
             name=meta["name"],
             namespace=meta["namespace"],
@@ -249,10 +272,16 @@ def plan_pass(
         )
         plan.create = render_children(resolved, settings)
         state = TrainingState("Pending", "JobCreated", STARTING_MESSAGE)
+    elif on_ray:
+        state = _ray_state(child, observed.pods)
     else:
-        state = training_state(observed.job, observed.pods)
-    cond("JobCreated", True, "JobCreated", f"training Job {train_job}")
-    status["jobs"] = {**(status.get("jobs") or {}), "train": train_job}
+        state = training_state(child, observed.pods)
+        if is_sweep and state.phase == "Running":
+            state = TrainingState(
+                "Running", state.reason, sweeps.SWEEP_RUNNING_MESSAGE, state.started_at
+            )
+    cond("JobCreated", True, "JobCreated", f"{what} {workload}")
+    status["jobs"] = {**(status.get("jobs") or {}), "train": workload}
     if state.started_at and state.phase != "Pending":
         # Recorded with the move out of Pending, not on its own: one status write fewer.
         prov["startedAt"] = state.started_at
@@ -261,6 +290,14 @@ def plan_pass(
     status["provenance"] = prov
     running = state.phase == "Running"
     cond("Running", running, state.reason, state.message)
+    if is_sweep:
+        if running and observed.sweep is not None:
+            _sweep_heartbeat(status, observed, now, cond)
+        if state.phase in TERMINAL:
+            state = _harvest(status, merged, observed, state, cond)
+            state = _harvest_sweep(status, observed, state, cond)
+            cond("Completed", state.phase == "Succeeded", state.reason, state.message)
+        return finish(state.phase, state.reason, state.message)
     if running and observed.progress is not None:
         status["progress"] = progress_status(observed.progress)
         age = stalled_for(observed.progress, now, observed.stall_after_s)
@@ -300,6 +337,67 @@ def _harvest(
     if failure is not None:
         return TrainingState(
             "Failed", "TrainerFailed", failure, state.started_at, state.completed_at
+        )
+    return state
+
+
+def _ray_state(ray_job: dict[str, Any], pods: list[dict[str, Any]]) -> TrainingState:
+    """The RayJob's phase; while it is starting, a pod that cannot start says why."""
+    state = sweeps.ray_job_state(ray_job)
+    problem = pod_problem(pods) if state.phase == "Pending" else None
+    if problem is not None:
+        return TrainingState("Pending", problem[0], problem[1], state.started_at)
+    return state
+
+
+def _sweep_heartbeat(
+    status: dict[str, Any],
+    observed: Observed,
+    now: str,
+    cond: Callable[[str, bool, str, str], None],
+) -> None:
+    """status.sweep and status.progress from a running sweep's sweep.json; Stalled when it
+    stopped being rewritten."""
+    report = observed.sweep
+    if report is None:
+        return
+    status["sweep"] = sweeps.sweep_status(report)
+    status["progress"] = sweeps.sweep_progress(report)
+    age = sweeps.heartbeat_age(report, now)
+    if age > observed.stall_after_s:
+        cond("Stalled", True, "NoHeartbeat", f"no sweep report for {age:.0f}s")
+    else:
+        cond("Stalled", False, "Heartbeat", "the sweep reports")
+
+
+def _harvest_sweep(
+    status: dict[str, Any],
+    observed: Observed,
+    state: TrainingState,
+    cond: Callable[[str, bool, str, str], None],
+) -> TrainingState:
+    """The final sweep.json into status.sweep; a sweep whose every trial failed is Failed
+    with the first error."""
+    report = observed.sweep
+    if report is None:
+        return state
+    status["sweep"] = sweeps.sweep_status(report)
+    status["progress"] = sweeps.sweep_progress(report)
+    failure = sweeps.failure_message(report)
+    if failure is not None:
+        reason = "AllTrialsFailed" if sweeps.all_failed(report) else "SweepFailed"
+        cond("TrialsSucceeded", False, reason, failure)
+        if reason == "SweepFailed" and state.phase == "Failed":
+            return state  # the harvest's reason (TrainerFailed, naming the field) says more
+        return TrainingState("Failed", reason, failure, state.started_at, state.completed_at)
+    cond("TrialsSucceeded", True, "BestTrialFound", sweeps.sweep_summary(report))
+    if state.phase == "Succeeded":
+        return TrainingState(
+            "Succeeded",
+            state.reason,
+            sweeps.sweep_summary(report),
+            state.started_at,
+            state.completed_at,
         )
     return state
 

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 import kopf
 
+from kexp.api import contract
 from kexp.kube.rest import ApiError, Rest, login
 
 GROUP: Final = "kexp.io"
@@ -18,12 +19,17 @@ VERSION: Final = "v1alpha1"
 EXPERIMENTS: Final = "experiments"
 TEMPLATES: Final = "experimenttemplates"
 MERGE_PATCH: Final = "application/merge-patch+json"
+RAY_GROUP: Final = contract.RAY_GROUP
+RAY_VERSION: Final = contract.RAY_VERSION
+RAYJOBS: Final = contract.RAYJOB_PLURAL
 
 _COLLECTIONS: Final = {
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Service": "/api/v1/namespaces/{ns}/services",
     "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
     "Experiment": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{EXPERIMENTS}",
+    # KubeRay's, for sweeps with spec.sweep.rayCluster.
+    "RayJob": f"/apis/{RAY_GROUP}/{RAY_VERSION}/namespaces/{{ns}}/{RAYJOBS}",
 }
 
 
@@ -75,6 +81,29 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    async def get_ray_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A KubeRay RayJob, or None when it (or KubeRay's API) does not exist."""
+        try:
+            return await self.rest.request(
+                "GET", _COLLECTIONS["RayJob"].format(ns=namespace) + f"/{name}"
+            )
+        except ApiError as exc:
+            self._failed("get_rayjob", exc)
+            if exc.status == 404:
+                return None
+            raise
+
+    async def serves(self, group: str, version: str, plural: str) -> bool:
+        """Whether the API server serves ``plural`` in ``group/version`` (a CRD is installed)."""
+        try:
+            found = await self.rest.request("GET", f"/apis/{group}/{version}")
+        except ApiError as exc:
+            self._failed("discovery", exc)
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in found.get("resources") or [])
 
     async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's decoded data, or None if it does not exist. Never logged."""

@@ -30,6 +30,16 @@ def train_job_name(experiment: str) -> str:
     return child_name(experiment, "train")
 
 
+def sweep_name(experiment: str) -> str:
+    """The sweep's workload: a Job (one pod runs Ray Tune) or a KubeRay RayJob."""
+    return child_name(experiment, "sweep")
+
+
+def workload_name(experiment: str, spec: dict[str, object]) -> str:
+    """The Experiment's main child: its sweep when it has ``spec.sweep``, else its training Job."""
+    return sweep_name(experiment) if spec.get("sweep") else train_job_name(experiment)
+
+
 def config_map_name(experiment: str) -> str:
     return child_name(experiment, "config")
 

@@ -10,6 +10,8 @@ from typing import Final
 DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/kexp-io/kexp-trainer:0.1.0"
 #: Command of kexp's own trainer image; a custom ``spec.trainer.command`` replaces it.
 DEFAULT_TRAINER_COMMAND: Final = ("python", "-m", "kexp_trainers.run")
+#: What a sweep runs (a local Ray Tune driver, or the RayJob's entrypoint).
+SWEEP_COMMAND: Final = ("python", "-m", "kexp_trainers.tune")
 #: The uid and gid trainer containers run as (the trainer image's non-root user).
 TRAINER_UID: Final = 1000
 

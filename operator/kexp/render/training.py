@@ -229,7 +229,12 @@ def render_rendezvous_service(exp: ResolvedExperiment) -> dict[str, Any] | None:
 
 
 def render_children(exp: ResolvedExperiment, settings: RenderSettings) -> list[dict[str, Any]]:
-    """Everything an Experiment's training needs, in creation order."""
+    """Everything an Experiment's training (or sweep) needs, in creation order."""
+    if exp.spec.get("sweep"):
+        # Imported here: the sweep renderer builds on this module's pod template.
+        from kexp.render.sweep import render_sweep_children
+
+        return render_sweep_children(exp, settings)
     children = [render_config_map(exp)]
     service = render_rendezvous_service(exp)
     if service is not None:

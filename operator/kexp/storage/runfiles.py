@@ -12,7 +12,7 @@ from typing import Any
 from minio import Minio
 
 from kexp.api import contract
-from kexp.api.reports import ProgressReport, ResultsReport
+from kexp.api.reports import ProgressReport, ResultsReport, SweepReport
 from kexp.status.harvest import HarvestError, merge_csv_scores, scores_from_csv
 from kexp.storage.s3 import S3Credentials, read_object
 
@@ -49,6 +49,8 @@ def read_results(
         except ValueError as exc:
             first = str(exc).splitlines()
             return None, f"{results_uri} is malformed: {' '.join(first[:3])}"
+    if report is not None and report.outcome == "failed":
+        return report, None  # a trainer that failed before evaluating wrote no CSV: say why
     if csv_spec is None:
         if report is None:
             return None, f"no {results_uri}: the trainer wrote no results"
@@ -72,6 +74,17 @@ def read_progress(client: Minio, bucket: str, prefix: str) -> ProgressReport | N
         return None
     try:
         return ProgressReport.model_validate_json(raw)
+    except ValueError:
+        return None
+
+
+def read_sweep(client: Minio, bucket: str, prefix: str) -> SweepReport | None:
+    """A sweep's report (sweep.json); None when there is none or it is unreadable."""
+    raw = read_object(client, bucket, prefix + contract.SWEEP_FILE)
+    if raw is None:
+        return None
+    try:
+        return SweepReport.model_validate_json(raw)
     except ValueError:
         return None
 

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlparse
@@ -32,7 +33,6 @@ from kexp_trainers.tune.report import (
     sweep_results,
 )
 from kexp_trainers.tune.space import (
-    SIGNAL,
     check_parameters,
     param_space,
     scheduler,
@@ -110,6 +110,8 @@ def build_tuner(
     sweep = spec["sweep"]
     storage = tune_filesystem(creds)
     root = f"{config.bucket}/{config.prefix}{contract.TUNE_DIR}"
+    path = f"{root}/{contract.TUNE_EXPERIMENT}"
+    resuming = tune.Tuner.can_restore(path, storage_filesystem=storage)
     base = SweepBase(
         name=config.name,
         namespace=config.namespace,
@@ -118,13 +120,13 @@ def build_tuner(
         bucket=config.bucket,
         prefix=config.prefix,
         init_checkpoint=os.environ.get(contract.ENV_INIT_CHECKPOINT) or config.init_checkpoint,
+        resumed=resuming,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base),
         {k: v for k, v in trial_resources(spec).items() if v},
     )
-    path = f"{root}/{contract.TUNE_EXPERIMENT}"
-    if tune.Tuner.can_restore(path, storage_filesystem=storage):
+    if resuming:
         log.info("resuming the sweep from its Tune state at s3://%s", path)
         restored = tune.Tuner.restore(
             path,
@@ -154,13 +156,11 @@ def build_tuner(
     tuner = tune.Tuner(
         trainable,
         param_space=param_space(sweep),
+        # No metric here: the scheduler and the searcher each name their own (see space).
         tune_config=tune.TuneConfig(
-            metric=SIGNAL,
-            mode="max",
-            search_alg=search_algorithm(sweep, config.seed),
+            search_alg=search_algorithm(sweep, config.seed, concurrency),
             scheduler=scheduler(sweep),
             num_samples=int(sweep.get("numSamples") or 1),
-            max_concurrent_trials=concurrency,
             # Short trials are dominated by worker start-up (importing torch) otherwise.
             reuse_actors=True,
             trial_name_creator=_trial_name,
@@ -196,27 +196,38 @@ def _fail(
             report = None
     if report is None:
         report = SweepReport(outcome="failed", metric="", updated_at=utc_now())
-    report = report.model_copy(update={"outcome": "failed", "error": message, "updated_at": utc_now()})
+    report = report.model_copy(
+        update={"outcome": "failed", "error": message, "updated_at": utc_now()}
+    )
     put_json(client, bucket, prefix + contract.SWEEP_FILE, report.to_json())
 
 
-def run_sweep(
-    config: RunConfig, creds: S3Credentials, options: SweepOptions | None = None
-) -> int:
+def run_sweep(config: RunConfig, creds: S3Credentials, options: SweepOptions | None = None) -> int:
     """Run (or resume) the sweep ``config`` describes; its exit code."""
     options = options or SweepOptions()
     client = s3_client(creds)
-    try:
-        if not config.spec.get("sweep"):
-            raise ConfigError("spec.sweep: not set; run kexp_trainers.run instead", "spec.sweep")
-        check_parameters(config.spec)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        _fail(client, config.bucket, config.prefix, str(exc), exc.field, config.seed)
+    if not config.spec.get("sweep"):
+        message = "spec.sweep: not set; run kexp_trainers.run instead"
+        _fail(client, config.bucket, config.prefix, message, "spec.sweep", config.seed)
         return 2
     # Results may lack the objective (a trial's first updates, a failure); Tune would refuse.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    start_ray(config.spec, options)
+    # Tune's own per-trial files (result.json, progress.csv, TensorBoard events) repeat what
+    # each kexp trial writes under trials/<trial>/, and syncing them to S3 with Tune's state
+    # grows with every trial; Tune's state (what a restore needs) does not need them.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kexp-preflight") as pool:
+        # The check imports the algorithm (and torch): about as long as Ray takes to start,
+        # so both happen at once.
+        checked = pool.submit(check_parameters, config.spec)
+        start_ray(config.spec, options)
+        try:
+            checked.result()
+        except ConfigError as exc:
+            log.error("%s", exc)
+            _fail(client, config.bucket, config.prefix, str(exc), exc.field, config.seed)
+            tune_shutdown()
+            return 2
     try:
         tuner, callback = build_tuner(config, creds, options)
         if callback is not None:
@@ -231,12 +242,15 @@ def run_sweep(
             config.prefix,
         )
         grid = tuner.fit()
+        log.info("tuner finished: %d trial(s)", len(grid))
         report = FINISHED.pop(config.prefix, None)
         if report is None:
             raise RuntimeError(f"the sweep ended without a final report ({len(grid)} results)")
     except Exception as exc:
         log.exception("the sweep failed")
-        _fail(client, config.bucket, config.prefix, f"{type(exc).__name__}: {exc}", None, config.seed)
+        _fail(
+            client, config.bucket, config.prefix, f"{type(exc).__name__}: {exc}", None, config.seed
+        )
         return 1
     finally:
         tune_shutdown()
@@ -244,7 +258,10 @@ def run_sweep(
     commit = (config.spec.get("source") or {}).get("commit")
     results = sweep_results(report, environment_report(config.seed, commit))
     put_json(client, config.bucket, config.prefix + contract.RESULTS_FILE, results.to_json())
-    counts = {s: sum(1 for t in report.trials if t.state == s) for s in ("completed", "stoppedEarly", "failed")}
+    counts = {
+        s: sum(1 for t in report.trials if t.state == s)
+        for s in ("completed", "stoppedEarly", "failed")
+    }
     log.info("sweep done: %d trials %s; outcome %s", len(report.trials), counts, report.outcome)
     return 1 if report.outcome == "failed" else 0
 

@@ -111,12 +111,10 @@ def sweep_report(
     )
     if outcome == "running":
         return report
+    # ``error`` stays the sweep's own; failure_message derives the all-trials-failed one.
     failure = failure_message(report.model_copy(update={"outcome": outcome}))
     return report.model_copy(
-        update={
-            "outcome": "failed" if failure or outcome == "failed" else "succeeded",
-            "error": error or failure,
-        }
+        update={"outcome": "failed" if failure or outcome == "failed" else "succeeded"}
     )
 
 
@@ -147,9 +145,7 @@ def sweep_results(report: SweepReport, environment: Any) -> ResultsReport:
 def put_json(client: Any, bucket: str, key: str, text: str) -> None:
     """Write one small JSON object."""
     data = text.encode()
-    client.put_object(
-        bucket, key, io.BytesIO(data), len(data), content_type="application/json"
-    )
+    client.put_object(bucket, key, io.BytesIO(data), len(data), content_type="application/json")
 
 
 @dataclass
@@ -219,11 +215,11 @@ class SweepReportCallback(tune.Callback):  # type: ignore[misc]
         self.metrics().observe(trial.trial_id, result)
         self._dirty = True
 
-    def on_trial_complete(
-        self, iteration: int, trials: list[Any], trial: Any, **info: Any
-    ) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._dirty = True
-        done = trial_report(TrialView(trial.trial_id, "TERMINATED", trial.config, trial.last_result))
+        done = trial_report(
+            TrialView(trial.trial_id, "TERMINATED", trial.config, trial.last_result)
+        )
         log.info(
             "trial %s %s at step %s: %s %s",
             done.name,
@@ -235,7 +231,9 @@ class SweepReportCallback(tune.Callback):  # type: ignore[misc]
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._dirty = True
-        log.warning("trial %s failed (its error is in sweep.json once Tune has written it)", trial.trial_id)
+        log.warning(
+            "trial %s failed (its error is in sweep.json once Tune has written it)", trial.trial_id
+        )
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         now = time.monotonic()
@@ -275,9 +273,7 @@ class SweepReportCallback(tune.Callback):  # type: ignore[misc]
             for t in trials
         ]
         s = self.settings
-        return sweep_report(
-            views, metric=s.metric, mode=s.mode, planned=s.planned, outcome=outcome
-        )
+        return sweep_report(views, metric=s.metric, mode=s.mode, planned=s.planned, outcome=outcome)
 
     def write(self, report: SweepReport) -> None:
         """Put ``sweep.json`` under the sweep's prefix."""

@@ -1,10 +1,16 @@
 """From ``spec.sweep`` to Ray Tune's search space, search algorithm and scheduler.
 
-Tune ranks trials by one number, ``SIGNAL``, always "higher is better": the objective's value,
-negated when ``spec.objective.mode`` is min. Trials report it during training whenever the
-algorithm logs the objective's metric (for a reward objective, the episode reward it logs) and
-once more from the final evaluation, so schedulers stop trials on what they see while training
-and searchers (TPE) learn from the final score.
+Tune compares trials on two numbers, both "higher is better":
+
+- ``PROGRESS``, what schedulers (ASHA, median stopping) stop trials on while they train: the
+  objective when the algorithm logs it during training (for a reward objective, the episode
+  reward it logs), negated when ``spec.objective.mode`` is min; otherwise the episode reward,
+  the one signal every RL algorithm logs (a pdm_score, say, is only known after evaluation).
+- ``SIGNAL``, what searchers (TPE) learn from: the objective from the trial's final
+  evaluation, negated for min (and during training too when the algorithm logs it).
+
+Keeping them apart means a scheduler never compares a training reward with an evaluation
+score, and a searcher never learns from a proxy.
 """
 
 from __future__ import annotations
@@ -13,10 +19,13 @@ import importlib
 from collections.abc import Mapping
 from typing import Any, Final
 
+from kexp.api.validation import validate_spec
 from kexp_trainers.runtime.config import ConfigError
 
-#: The key Tune ranks trials by (TuneConfig metric, mode "max").
+#: What searchers maximise: the objective, higher is better (negated for mode min).
 SIGNAL: Final = "kexp_signal"
+#: What schedulers maximise while trials train (see the module's docstring).
+PROGRESS: Final = "kexp_progress"
 #: The objective's own value in a trial's report (not negated).
 OBJECTIVE: Final = "kexp_objective"
 #: Present (True) only in a trial's last report, the one with its final evaluation.
@@ -33,6 +42,16 @@ ASHA_MAX_T: Final = 100_000
 def signal(value: float, mode: str) -> float:
     """The objective's value as Tune ranks it (higher is better)."""
     return -float(value) if mode == "min" else float(value)
+
+
+def training_progress(stats: Mapping[str, float], metric: str, mode: str) -> float | None:
+    """``PROGRESS`` of one training update: the objective if logged, else the episode reward."""
+    value = training_objective(stats, metric)
+    if value is not None:
+        return signal(value, mode)
+    if "episode_reward" in stats:
+        return float(stats["episode_reward"])
+    return None
 
 
 def training_objective(stats: Mapping[str, float], metric: str) -> float | None:
@@ -77,17 +96,24 @@ def param_space(sweep: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def search_algorithm(sweep: Mapping[str, Any], seed: int) -> Any:
-    """The searcher: random and grid sample with Tune's variant generator, tpe with Optuna."""
+def search_algorithm(sweep: Mapping[str, Any], seed: int, max_concurrent: int | None) -> Any:
+    """The searcher, holding back trials beyond ``max_concurrent`` (None: no limit): random
+    and grid sample with Tune's variant generator, tpe with Optuna (learning from ``SIGNAL``).
+
+    The limit is the searcher's own: Tune's ``max_concurrent_trials`` ignores a variant
+    generator.
+    """
     if sweep.get("searchAlgorithm") == "tpe":
         import optuna
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
+        tpe = OptunaSearch(metric=SIGNAL, mode="max", sampler=optuna.samplers.TPESampler(seed=seed))
+        return ConcurrencyLimiter(tpe, max_concurrent) if max_concurrent else tpe
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # A fixed random state makes the same spec sample the same trials.
-    return BasicVariantGenerator(random_state=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
 
 
 def scheduler(sweep: Mapping[str, Any]) -> Any:
@@ -99,6 +125,8 @@ def scheduler(sweep: Mapping[str, Any]) -> Any:
         from ray.tune.schedulers import ASHAScheduler
 
         return ASHAScheduler(
+            metric=PROGRESS,
+            mode="max",
             time_attr="training_iteration",
             max_t=ASHA_MAX_T,
             grace_period=grace,
@@ -107,7 +135,9 @@ def scheduler(sweep: Mapping[str, Any]) -> Any:
     if kind == "median":
         from ray.tune.schedulers import MedianStoppingRule
 
-        return MedianStoppingRule(time_attr="training_iteration", grace_period=grace)
+        return MedianStoppingRule(
+            metric=PROGRESS, mode="max", time_attr="training_iteration", grace_period=grace
+        )
     return None
 
 
@@ -136,7 +166,8 @@ def check_parameters(spec: Mapping[str, Any]) -> None:
     cannot take; ConfigError names ``spec.sweep.parameters.<name>``.
 
     Every choice/grid value and both ends of each range go through the algorithm's own
-    hyperparameter parsing, so 64 trials never fail one by one on the same typo.
+    hyperparameter parsing and the spec's validation, so 64 trials never fail one by one on
+    the same typo.
     """
     sweep = spec.get("sweep") or {}
     base = dict(spec.get("hyperparameters") or {})
@@ -146,11 +177,14 @@ def check_parameters(spec: Mapping[str, Any]) -> None:
     except (ValueError, TypeError) as exc:
         message = str(exc)
         raise ConfigError(message, message.split(":", 1)[0]) from exc
+    single = {k: v for k, v in spec.items() if k != "sweep"}
     for name, space in (sweep.get("parameters") or {}).items():
         kind, value = space_kind(space)
         for sample in _samples(kind, value):
+            hyperparameters = {**base, name: sample}
             try:
-                parse({**base, name: sample})
+                parse(hyperparameters)
+                validate_spec({**single, "hyperparameters": hyperparameters})
             except (ValueError, TypeError) as exc:
                 field = f"spec.sweep.parameters.{name}"
                 detail = str(exc).split(": ", 1)[-1] if str(exc).startswith("spec.") else str(exc)

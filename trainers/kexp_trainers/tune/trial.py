@@ -10,6 +10,7 @@ restored) resumes from the latest checkpoint under its prefix, as a single run d
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
@@ -17,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from minio import Minio
+
 from kexp.api import contract
 from kexp.api.reports import CheckpointsReport, EnvironmentReport, ResultsReport
 from kexp.api.validation import validate_spec
-from kexp.storage.s3 import s3_client
+from kexp.storage.s3 import S3Credentials, s3_client
 from kexp_trainers.runtime.checkpoints import CheckpointStore
 from kexp_trainers.runtime.config import ConfigError, RunConfig
 from kexp_trainers.runtime.environment import environment_report, seed_everything
@@ -32,9 +35,11 @@ from kexp_trainers.tune.space import (
     EVAL,
     FINAL,
     OBJECTIVE,
+    PROGRESS,
     SIGNAL,
     signal,
     training_objective,
+    training_progress,
 )
 
 log = logging.getLogger("kexp_trainers.tune")
@@ -53,6 +58,8 @@ class SweepBase:
     bucket: str
     prefix: str
     init_checkpoint: str | None = None
+    #: The sweep was restored from its Tune state, so its trials may have checkpoints.
+    resumed: bool = False
 
     @property
     def metric(self) -> str:
@@ -90,6 +97,24 @@ def trial_spec(spec: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, 
         raise ConfigError(message, message.split(":", 1)[0]) from exc
 
 
+class _FreshTrialStore(CheckpointStore):
+    """The checkpoint store of a trial of a sweep that was not restored.
+
+    Tune's trial ids are new in every sweep, so there is nothing under the trial's prefix
+    to resume from: the two S3 requests of that lookup are saved on every trial.
+    """
+
+    def latest(self) -> tuple[int, str] | None:
+        return None
+
+
+@functools.cache
+def _client(creds: S3Credentials) -> Minio:
+    # One client per worker process: a reused actor runs many trials, and they can share
+    # its connections.
+    return s3_client(creds)
+
+
 class TuneReporter(RunReporter):
     """A run's reporter that also reports each update and the final evaluation to Tune."""
 
@@ -118,6 +143,9 @@ class TuneReporter(RunReporter):
             k: float(v) for k, v in metrics.items() if isinstance(v, int | float)
         }
         result["step"] = step
+        progress = training_progress(metrics, self.metric, self.mode)
+        if progress is not None:
+            result[PROGRESS] = progress
         self._report(self._with_objective(result, training_objective(metrics, self.metric)))
 
     def finish(
@@ -129,7 +157,9 @@ class TuneReporter(RunReporter):
     ) -> ResultsReport:
         report = super().finish(scores, checkpoints=checkpoints, environment=environment)
         result: dict[str, Any] = {
-            "step": report.step,
+            # A trial resumed from its final checkpoint logs no update: its step is the
+            # checkpoint's.
+            "step": max(report.step, checkpoints.best_step or 0),
             FINAL: True,
             EVAL: {k: float(v) for k, v in scores.items()},
         }
@@ -146,10 +176,14 @@ def run_trial(config: dict[str, Any], base: SweepBase) -> None:
 
     from kexp_trainers.run import train_run
 
+    if not logging.getLogger().handlers:
+        # A Ray worker has no logging set up; the trainer's progress lines should reach the log.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     trial = tune.get_context().get_trial_id()
     prefix = contract.trial_prefix(base.prefix, trial)
-    client = s3_client(credentials_from_env())
-    store = CheckpointStore(client, base.bucket, prefix)
+    client = _client(credentials_from_env())
+    store_type = CheckpointStore if base.resumed else _FreshTrialStore
+    store = store_type(client, base.bucket, prefix)
     spec = trial_spec(base.spec, config)
     run = RunConfig(
         name=base.name,
