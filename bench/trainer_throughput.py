@@ -21,7 +21,9 @@ Steps per second are environment steps over the wall time of training alone (``t
 run is then evaluated greedily for ``--episodes`` episodes with the same protocol as
 ``ppo.evaluate`` (seeds ``seed + 10000 + episode``). Runs alternate kexp, SB3, kexp, SB3 (on,
 off, ...) ``--repeats`` times (``--slow-repeats`` for highway and SAC) and the table shows
-medians. Returns count as equal when kexp's mean is no lower than SB3's by more than
+medians; the "(CPU time)" columns repeat the comparison over this process's CPU seconds (all its
+threads, uploads included), which other load on a shared machine disturbs less. Returns count
+as equal when kexp's mean is no lower than SB3's by more than
 ``max(5% of |SB3's mean|, 2 standard errors of the difference)``.
 
 What cannot be matched by a hyperparameter (so equal returns are expected, not identical ones):
