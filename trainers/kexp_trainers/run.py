@@ -36,23 +36,12 @@ from kexp_trainers.runtime.datasets import (
     split_uri,
 )
 from kexp_trainers.runtime.environment import environment_report, pick_device, seed_everything
-from kexp_trainers.runtime.metrics import TrainerMetrics
+from kexp_trainers.runtime.metrics import LOSSES, TrainerMetrics
 from kexp_trainers.runtime.reporting import RunReporter
 from kexp_trainers.runtime.s3 import credentials_from_env
 
 #: A progress line in the log at most this often (the heartbeat file is the fast channel).
 LOG_EVERY_S = 10.0
-#: Losses exported as ``kexp_trainer_loss{loss=...}`` when an algorithm reports them.
-LOSSES = (
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "q_loss",
-    "actor_loss",
-    "bc_loss",
-    "val_loss",
-    "disc_loss",
-)
 #: Greedy episodes of a warm-started policy before training (``init_reward`` in metrics.csv),
 #: at most: enough to see that the policy it starts from is the one it was given.
 INIT_EVAL_EPISODES = 10

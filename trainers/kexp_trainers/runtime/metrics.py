@@ -6,6 +6,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from kexp.api import contract
 
+#: Losses exported as ``kexp_trainer_loss{loss=...}`` when an algorithm reports them (the one
+#: list a single run and a sweep's trials share).
+LOSSES = (
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "q_loss",
+    "actor_loss",
+    "bc_loss",
+    "val_loss",
+    "disc_loss",
+)
+
 
 class TrainerMetrics:
     """``kexp_trainer_*`` metrics of one run (labels: experiment, namespace, trial)."""

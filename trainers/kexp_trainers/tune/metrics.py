@@ -15,20 +15,8 @@ from typing import Any, ClassVar
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import Metric
 
-from kexp_trainers.runtime.metrics import TrainerMetrics
+from kexp_trainers.runtime.metrics import LOSSES, TrainerMetrics
 from kexp_trainers.tune.space import EVAL, FINAL
-
-#: Training stats exported as ``kexp_trainer_loss{loss=...}`` (as a single run does).
-LOSSES = (
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "q_loss",
-    "actor_loss",
-    "bc_loss",
-    "val_loss",
-    "disc_loss",
-)
 
 
 class _Merged:
