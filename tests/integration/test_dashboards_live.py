@@ -1,13 +1,15 @@
 """Every dashboard panel's PromQL returns data from a real operator and a real training run.
 
-The session's operator is scraped by the stack's Prometheus as job ``kexp-operator``; a PPO
-run on CartPole is created with the CLI and trained by ``kexp dev run-trainer`` (the pod's own
-command as a local process, whose metrics port the stack's Prometheus scrapes). Beside it: a
-run whose simulated pod succeeds at once, one whose simulated pod is OOMKilled (a real Failed
-phase with a reason), and an Experiment in a namespace whose ResourceQuota allows no Jobs (so
-the API server refuses the operator's Job creation: real API errors). Then each panel's
-queries, with the template variables set to this run, go to Prometheus's query_range API over
-the window of the test.
+The session's operator is scraped by the stack's Prometheus as job ``kexp-operator``; a PPO run
+on CartPole is created with the CLI and trained by ``kexp dev run-trainer`` (the pod's own
+command as a local process, whose metrics port the stack's Prometheus scrapes; the trainer
+waits for one more scrape after its final evaluation, so the evaluation panels have data too).
+Beside it: a run whose simulated pod succeeds at once, one whose simulated pod is OOMKilled (a
+real Failed phase with a reason), and an Experiment in a namespace whose ResourceQuota allows
+no Jobs (so the API server refuses the operator's Job creation: real API errors). Then each
+panel's queries, with the template variables set to this run, go to Prometheus's query_range
+API over the window of the test. The sweeps dashboard is checked the same way against a real
+Ray Tune sweep.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ from kubernetes import client
 
 from kexp.cli.main import cli
 from kexp.dev import cluster
+from kexp.dev.podrunner import end_simulated_pods
 from kexp.dev.prometheus import Prometheus
 from kexp.dev.stack import Stack
 from tests.conftest import OperatorProcess
+from tests.integration.test_operator import Lab
+from tests.integration.test_sweep import sweep_experiment
 from tests.unit.test_dashboards import (
     RULES,
     dashboard_exprs,
@@ -52,17 +57,11 @@ TOTAL_STEPS = 60000
 RATE_INTERVAL = "20s"
 STEP_S = 2
 
-#: Panels that cannot have data in this test, and why. Everything else must.
-NOT_HERE: dict[tuple[str, str], str] = {
-    ("kexp-training", "Evaluation scores"): (
-        "the trainer sets kexp_trainer_eval_score in its final evaluation, moments before the "
-        "process exits, so a pull scrape (every 2 s here) sees it only by chance; the scores "
-        "reach status.results through results.json instead"
-    ),
-}
-#: Every sweeps panel reads only series with a trial label: sweeps are not implemented yet and
-#: a plain run has no trial, so each of them must be empty here, not just may be.
-EMPTY_HERE = {"kexp-sweeps": "no sweep has run: plain runs carry no trial label"}
+#: The sweep of the sweeps dashboard's test: trials one after another, the second long enough
+#: (about 35 s on a fast machine, longer on a slow one) for the first one's flat step counter
+#: to fill a whole $__rate_interval: the `idle` state.
+SWEEP = "dash-sweep"
+SWEEP_TRIAL_STEPS = 250000
 
 
 def _kexp(stack: Stack, namespace: str, *args: str) -> Result:
@@ -232,17 +231,17 @@ def test_every_panel_returns_data_from_a_real_run(
                 result = query_range(prom, promql, start, end)
                 points = finite_points(result)
                 report.append(f"{name} / {title}: {len(result)} series, {points} finite points")
-                if name in EMPTY_HERE:
+                if name == "kexp-sweeps":
+                    # Every sweeps panel reads only series with a trial label: a plain run has
+                    # none, so each must be empty here (see the sweep's own test below).
                     if result:
                         failures.append(f"{name} / {title} should be empty here: {promql}")
-                elif (name, title) in NOT_HERE:
-                    continue
                 elif not points:
                     failures.append(f"{name} / {title} returned no data: {promql} -> {result}")
         print("\n".join(report))
         assert not failures, "\n".join(failures)
 
-        # The variables' own queries offer this run (and the sweep dashboard's offer nothing).
+        # The variables' own queries offer this run (and the sweep dashboard's do not).
         offered = {
             (name, var["name"]): label_values(
                 prom, substitute(variable_query(var), {**builtins, **values[name]}), start, end
@@ -254,7 +253,7 @@ def test_every_panel_returns_data_from_a_real_run(
         assert "kexp-operator" in offered[("kexp-overview", "job")]
         assert namespace in offered[("kexp-training", "namespace")]
         assert RUN in offered[("kexp-training", "experiment")]
-        assert not any(v for (name, _), v in offered.items() if name == "kexp-sweeps")
+        assert namespace not in offered[("kexp-sweeps", "namespace")]
 
         # The alert expressions run on real data: API errors fire (the quota), the rest hold.
         rules = {
@@ -269,3 +268,68 @@ def test_every_panel_returns_data_from_a_real_run(
         prom.query(rules["KexpHighFailureRate"])  # evaluates; too few runs here to fire
     finally:
         prom.remove_target("kexp-operator")
+
+
+def test_every_sweep_panel_returns_data_from_a_real_sweep(
+    stack: Stack, kube: Any, prom: Prometheus, operator: OperatorProcess, namespace: str
+) -> None:
+    start = time.time() - 5
+    lab = Lab(kube, namespace)
+    lab.create(
+        sweep_experiment(
+            SWEEP,
+            {
+                "numSamples": 2,
+                "maxConcurrentTrials": 1,
+                "parameters": {"learningRate": {"choice": [3.0e-4, 1.0e-3]}},
+            },
+            training={"totalSteps": SWEEP_TRIAL_STEPS, "seed": 1},
+        )
+    )
+    lab.wait_phase(SWEEP, "Running")
+    try:
+        ran = _kexp(
+            stack, namespace, "dev", "run-trainer", "--state-dir", str(stack.state_dir),
+            "-n", namespace, SWEEP,
+        )  # fmt: skip
+    finally:
+        end_simulated_pods(kube, namespace, f"{SWEEP}-sweep", 0)
+    assert "sweep done: 2 trials" in ran.output, ran.output[-3000:]
+    done = lab.wait_phase(SWEEP, "Succeeded", timeout_s=60)
+    assert done["sweep"]["completed"] == 2, done["sweep"]
+    # Both trials' final scores were scraped before the sweep's process exited (and its
+    # target went away, which makes its series stale: hence last_over_time).
+    scores = prom.query(
+        f'count(last_over_time(kexp_trainer_eval_score{{namespace="{namespace}", '
+        f'experiment="{SWEEP}", metric="reward", trial!=""}}[10m]))'
+    )
+    assert scores, "the trials' evaluation scores were never scraped"
+    assert float(scores[0]["value"][1]) == 2
+    end = time.time()
+
+    values = {"namespace": namespace, "experiment": SWEEP, "metric": "reward", "objective": "max"}
+    builtins = {"__rate_interval": RATE_INTERVAL, "__range": f"{math.ceil(end - start)}s"}
+    dash = load_dashboards()["kexp-sweeps"]
+    assert set(values) == set(variables(dash)) - {"datasource"}
+    failures = []
+    for title, expr in dashboard_exprs(dash):
+        promql = substitute(expr, {**builtins, **values})
+        result = query_range(prom, promql, start, end)
+        print(f"kexp-sweeps / {title}: {len(result)} series, {finite_points(result)} points")
+        if not finite_points(result):
+            failures.append(f"{title} returned no data: {promql} -> {result}")
+    assert not failures, "\n".join(failures)
+    # The best score over the trials is the best trial's, as the status says.
+    best_expr = substitute(dict(dashboard_exprs(dash))["Best score"], values)
+    best = query_range(prom, best_expr, start, end)
+    assert float(best[0]["values"][-1][1]) == pytest.approx(done["sweep"]["bestTrial"]["score"])
+    offered = {
+        var["name"]: label_values(
+            prom, substitute(variable_query(var), {**builtins, **values}), start, end
+        )
+        for var in variables(dash).values()
+        if var["type"] == "query"
+    }
+    assert namespace in offered["namespace"]
+    assert SWEEP in offered["experiment"]
+    assert "reward" in offered["metric"]

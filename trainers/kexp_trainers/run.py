@@ -404,7 +404,8 @@ def main() -> int:
     seed_everything(config.seed)
     metrics = TrainerMetrics(config.name, config.namespace)
     port = int(os.environ.get(contract.ENV_METRICS_PORT, "0") or 0)
-    if port and rank == 0:
+    served = bool(port) and rank == 0
+    if served:
         metrics.serve(port)  # one scrape target per run; ranks of one pod would share the port
     store = CheckpointStore(
         client,
@@ -430,6 +431,8 @@ def main() -> int:
             raise
         finally:
             _leave_process_group()
+            if served and not metrics.await_final_scrape():
+                log.info("no scrape after the final values; exiting without it")
     return 0
 
 

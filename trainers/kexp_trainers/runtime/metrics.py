@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
 
 from kexp.api import contract
 
@@ -20,11 +25,61 @@ LOSSES = (
 )
 
 
+#: The longest a finished trainer waits for its last scrape (see ``ScrapeWatch``).
+FINAL_SCRAPE_MAX_S = 120.0
+#: The wait when only one scrape was seen, so the interval is unknown (Prometheus's default).
+UNKNOWN_INTERVAL_S = 60.0
+
+
+class ScrapeWatch:
+    """Counts the scrapes of a registry, so a finishing process can wait for one more.
+
+    A pull scrape reads what is set at that moment: values set just before the process exits
+    (the final evaluation scores) would reach Prometheus only by chance. Registered first in
+    its registry, it is collected before every other collector, so a scrape counted after
+    ``wait_for_next`` starts has also read the values set before it started.
+    """
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._count = 0
+        self._times: list[float] = []
+        registry.register(self)  # type: ignore[arg-type]
+
+    def collect(self) -> Iterator[Metric]:
+        """Record a scrape; export nothing."""
+        with self._cond:
+            self._count += 1
+            self._times = [*self._times[-1:], self._clock()]
+            self._cond.notify_all()
+        return iter(())
+
+    def wait_timeout(self, max_s: float = FINAL_SCRAPE_MAX_S) -> float:
+        """How long to wait for the next scrape: none if never scraped (nobody is watching),
+        else 1.5 intervals as last seen (plus a second for the scrape itself), at most max_s."""
+        with self._cond:
+            if not self._times:
+                return 0.0
+            interval = (
+                self._times[1] - self._times[0] if len(self._times) == 2 else UNKNOWN_INTERVAL_S
+            )
+        return min(max_s, 1.5 * interval + 1.0)
+
+    def wait_for_next(self, max_s: float = FINAL_SCRAPE_MAX_S) -> bool:
+        """Block until a scrape starts after this call; False if none came in time."""
+        timeout = self.wait_timeout(max_s)
+        with self._cond:
+            seen = self._count
+            return self._cond.wait_for(lambda: self._count > seen, timeout=timeout)
+
+
 class TrainerMetrics:
     """``kexp_trainer_*`` metrics of one run (labels: experiment, namespace, trial)."""
 
     def __init__(self, experiment: str, namespace: str, trial: str = "") -> None:
         self.registry = CollectorRegistry()
+        self.scrapes = ScrapeWatch(self.registry)
         labels = dict(zip(contract.METRIC_LABELS, (experiment, namespace, trial), strict=True))
         names = list(labels)
         self.steps = Counter(
@@ -83,3 +138,7 @@ class TrainerMetrics:
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped in-pod
         """Expose /metrics on ``port``."""
         start_http_server(port, addr=addr, registry=self.registry)
+
+    def await_final_scrape(self) -> bool:
+        """Let Prometheus read the final values before the process exits (see ScrapeWatch)."""
+        return self.scrapes.wait_for_next()

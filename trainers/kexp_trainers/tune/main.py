@@ -25,6 +25,7 @@ from kexp_trainers.runtime.config import ConfigError, RunConfig, load_config
 from kexp_trainers.runtime.environment import environment_report
 from kexp_trainers.runtime.reporting import RunReporter, utc_now
 from kexp_trainers.runtime.s3 import credentials_from_env
+from kexp_trainers.tune.metrics import SweepMetrics
 from kexp_trainers.tune.report import (
     FINISHED,
     SweepReportCallback,
@@ -263,6 +264,11 @@ def run_sweep(config: RunConfig, creds: S3Credentials, options: SweepOptions | N
         for s in ("completed", "stoppedEarly", "failed")
     }
     log.info("sweep done: %d trials %s; outcome %s", len(report.trials), counts, report.outcome)
+    if options.metrics_port:
+        # The last trials' scores were set moments ago: let a scrape read them first.
+        SweepMetrics.shared(
+            config.name, config.namespace, options.metrics_port
+        ).scrapes.wait_for_next()
     return 1 if report.outcome == "failed" else 0
 
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import Metric
 
-from kexp_trainers.runtime.metrics import LOSSES, TrainerMetrics
+from kexp_trainers.runtime.metrics import LOSSES, ScrapeWatch, TrainerMetrics
 from kexp_trainers.tune.space import EVAL, FINAL
 
 
@@ -54,6 +54,7 @@ class SweepMetrics:
         self.experiment = experiment
         self.namespace = namespace
         self.registry = CollectorRegistry()
+        self.scrapes = ScrapeWatch(self.registry)  # first: see ScrapeWatch
         self._merged = _Merged()
         self.registry.register(self._merged)  # type: ignore[arg-type]
         self._trials: dict[str, TrainerMetrics] = {}
