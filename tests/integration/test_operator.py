@@ -242,6 +242,31 @@ def test_template_missing_then_created(lab: Lab) -> None:
     assert "gamma: 0.99" in cm.data["config.yaml"]
 
 
+def test_a_missing_s3_secret_is_a_condition_and_the_run_starts_once_it_exists(
+    lab: Lab, stack: Stack, operator: OperatorProcess
+) -> None:
+    from kexp.dev import cluster
+
+    lab.core.delete_namespaced_secret(contract.DEFAULT_S3_SECRET, lab.ns)
+    lab.create(experiment("no-creds", annotations={"sim.kexp.io/run-for": "1s"}))
+    status = wait_until(
+        lambda: s if (s := lab.status("no-creds")).get("reason") == "S3SecretMissing" else None,
+        what="S3SecretMissing",
+    )
+    assert status["phase"] == "Pending"
+    storage = next(c for c in status["conditions"] if c["type"] == "StorageReady")
+    assert storage["status"] == "False"
+    assert f"Secret '{contract.DEFAULT_S3_SECRET}' (spec.storage.secretRef)" in storage["message"]
+    assert ("Warning", "S3SecretMissing", status["message"]) in lab.events("no-creds")
+    assert lab.jobs("no-creds") == []
+    assert operator.proc.poll() is None  # reported, not crashed
+
+    cluster.apply_s3_secret(lab.core.api_client, lab.ns, stack.s3_credentials())
+    done = lab.wait_phase("no-creds", "Succeeded", timeout_s=60)
+    assert next(c for c in done["conditions"] if c["type"] == "StorageReady")["status"] == "True"
+    assert len(lab.jobs("no-creds")) == 1
+
+
 def test_init_from_waits_for_the_first_experiment_and_passes_its_checkpoint(lab: Lab) -> None:
     lab.create(
         experiment(
@@ -285,6 +310,7 @@ def test_operator_crash_between_job_create_and_status_write_creates_no_second_jo
 
     ns = f"r-crash-{int(time.time())}"
     cluster.ensure_namespace(kube, ns)
+    cluster.apply_s3_secret(kube, ns, stack.s3_credentials())
     lab = Lab(kube, ns)
     try:
         crashing = OperatorProcess(
@@ -315,6 +341,7 @@ def unwatched_namespace(kube: Any, stack: Stack) -> Any:
 
     name = f"r-{secrets.token_hex(4)}"
     cluster.ensure_namespace(kube, name)
+    cluster.apply_s3_secret(kube, name, stack.s3_credentials())
     yield name
     client.CoreV1Api(kube).delete_namespace(name)
 

@@ -117,6 +117,29 @@ def test_a_new_experiment_gets_its_children_and_a_pending_status() -> None:
     assert p.events == [("Normal", "JobCreated", "waiting for the trainer pod to start")]
 
 
+def test_a_missing_s3_secret_holds_the_run_pending_until_the_secret_exists() -> None:
+    missing = "Secret 'kexp-s3' (spec.storage.secretRef) not found in namespace 'research'"
+    waiting = plan(exp_body(), Observed(storage_error=missing))
+    assert waiting.create == []  # a pod mounting a missing Secret would wait without a word
+    assert (waiting.status["phase"], waiting.status["reason"]) == ("Pending", "S3SecretMissing")
+    assert waiting.status["message"] == missing
+    assert cond(waiting, "StorageReady")["status"] == "False"
+    assert cond(waiting, "StorageReady")["message"] == missing
+    assert waiting.events == [("Warning", "S3SecretMissing", missing)]
+    assert "jobs" not in waiting.status
+    # Asked again with no change: no second Event.
+    again = plan(exp_body(status=waiting.status), Observed(storage_error=missing))
+    assert again.events == []
+    assert again.status == waiting.status
+    # The user creates the Secret: the run goes on, and the condition says so.
+    found = plan(exp_body(status=waiting.status))
+    assert [c["kind"] for c in found.create] == ["ConfigMap", "Job"]
+    assert (found.status["phase"], found.status["reason"]) == ("Pending", "JobCreated")
+    assert cond(found, "StorageReady")["status"] == "True"
+    # A run that never waited carries no StorageReady condition (one field fewer to write).
+    assert all(c["type"] != "StorageReady" for c in plan(exp_body()).status["conditions"])
+
+
 def test_phase_follows_the_job_through_running_to_succeeded() -> None:
     pending = plan(exp_body())
     body = exp_body(status=pending.status)

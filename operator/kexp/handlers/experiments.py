@@ -51,6 +51,9 @@ RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 PROGRESS_INTERVAL_S = float(os.environ.get("KEXP_PROGRESS_INTERVAL_S", "10"))
 #: How long S3 credentials read from a Secret are reused.
 SECRET_TTL_S = 30.0
+#: How long "this Secret does not exist" is believed: a run waits on it (the operator may not
+#: watch Secrets), so the user's fix should be seen soon.
+SECRET_MISSING_TTL_S = 3.0
 #: A heartbeat older than this marks a run Stalled.
 STALL_AFTER_S = float(os.environ.get("KEXP_STALL_SECONDS", "600"))
 #: How long the answer to "does the cluster serve KubeRay's RayJob?" is reused.
@@ -453,22 +456,43 @@ async def _secret_data(memo: kopf.Memo, namespace: str, name: str) -> dict[str, 
         return hit[1]
     kube: aio.Kube = memo.kube
     data = await kube.get_secret_data(namespace, name)
-    cache[(namespace, name)] = (now + SECRET_TTL_S, data)
+    cache[(namespace, name)] = (now + (SECRET_TTL_S if data else SECRET_MISSING_TTL_S), data)
     return data
+
+
+def _storage_of(body: dict[str, Any], template_spec: dict[str, Any]) -> ResolvedExperiment:
+    """Where the run writes (bucket, prefix, Secret), from its spec over its template's."""
+    meta = body["metadata"]
+    spec = body.get("spec") or {}
+    storage = {**(template_spec.get("storage") or {}), **(spec.get("storage") or {})}
+    return ResolvedExperiment(meta["name"], meta["namespace"], meta["uid"], {"storage": storage})
+
+
+def _secret_missing(where: ResolvedExperiment) -> str:
+    return (
+        f"Secret {where.secret_name!r} (spec.storage.secretRef) not found in namespace "
+        f"{where.namespace!r}: create it with the S3 credentials (docs/install.md)"
+    )
 
 
 async def _run_location(
     memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
 ) -> tuple[Any, ResolvedExperiment] | str:
     """An S3 client and where the run writes, or why its storage cannot be reached."""
-    meta = body["metadata"]
-    spec = body.get("spec") or {}
-    storage = {**(template_spec.get("storage") or {}), **(spec.get("storage") or {})}
-    where = ResolvedExperiment(meta["name"], meta["namespace"], meta["uid"], {"storage": storage})
-    data = await _secret_data(memo, meta["namespace"], where.secret_name)
+    where = _storage_of(body, template_spec)
+    data = await _secret_data(memo, where.namespace, where.secret_name)
     if data is None:
-        return f"Secret {where.secret_name!r} (spec.storage.secretRef) not found"
+        return _secret_missing(where)
     return s3_client(credentials_from_secret(data)), where
+
+
+async def _storage_error(
+    memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
+) -> str | None:
+    """Why the run's S3 Secret cannot be read, if it cannot."""
+    where = _storage_of(body, template_spec)
+    data = await _secret_data(memo, where.namespace, where.secret_name)
+    return None if data is not None else _secret_missing(where)
 
 
 async def _fetch_results(
@@ -587,6 +611,9 @@ async def _observe(
     results, results_error = None, None
     sweep = None
     finished = (body.get("status") or {}).get("phase") in TERMINAL
+    storage_error = None
+    if child is None and not finished and not _job_was_created(body):
+        storage_error = await _storage_error(memo, body, template or {})
     if child is not None and ended and not finished:
         # Read once, on the pass that finishes the run; a finished record is never re-planned.
         results, results_error = await _fetch_results(memo, body, template or {}, succeeded)
@@ -602,6 +629,7 @@ async def _observe(
         sweep=sweep,
         ray_job=ray_job,
         kuberay=kuberay,
+        storage_error=storage_error,
         progress=progress,
         stall_after_s=STALL_AFTER_S,
         results=results,
@@ -700,10 +728,12 @@ async def reconcile(
                 # kopf hands each object a shallow copy of the memo: only shared containers
                 # reach the progress loop, so the indexes go into one.
                 memo.shared["indexes"] = indexes
-                if plan.status.get("phase") == "Running" or plan.status.get("reason") == (
-                    "KubeRayMissing"
+                if plan.status.get("phase") == "Running" or plan.status.get("reason") in (
+                    "KubeRayMissing",
+                    "S3SecretMissing",
                 ):
-                    # Polled: heartbeats are read, and KubeRay may be installed meanwhile.
+                    # Polled: heartbeats are read, and KubeRay or the Secret may come
+                    # meanwhile (Secrets are not watched: the operator may only get them).
                     memo.running.add(key)
                 else:
                     memo.running.discard(key)

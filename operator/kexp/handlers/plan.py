@@ -41,6 +41,7 @@ PROBLEM_REASONS: Final = STUCK_WAITING_REASONS | {
     "InvalidSpec",
     "TrainerFailed",
     "KubeRayMissing",
+    "S3SecretMissing",
     "AllTrialsFailed",
 }
 KUBERAY_MISSING: Final = (
@@ -87,6 +88,9 @@ class Observed:
     ray_job: dict[str, Any] | None = None
     #: Whether the cluster serves KubeRay's RayJob; None when it was not asked.
     kuberay: bool | None = None
+    #: Why the run's S3 credentials cannot be read (a missing Secret), asked before the
+    #: workload is created: a pod that mounts a missing Secret would wait without a word.
+    storage_error: str | None = None
 
 
 @dataclass
@@ -259,6 +263,13 @@ def plan_pass(
     if on_ray and child is None and observed.kuberay is False:
         status["provenance"] = prov
         return finish("Pending", "KubeRayMissing", KUBERAY_MISSING)
+    if child is None and observed.storage_error:
+        status["provenance"] = prov
+        cond("StorageReady", False, "S3SecretMissing", observed.storage_error)
+        return finish("Pending", "S3SecretMissing", observed.storage_error)
+    if child is None and condition(conditions, "StorageReady"):
+        # Only a run that once waited for its Secret carries the condition.
+        cond("StorageReady", True, "S3SecretFound", "the S3 Secret exists")
 
     state: TrainingState
     if child is None:
