@@ -359,7 +359,7 @@ def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
 
     import kopf
 
-    from kexp.handlers.experiments import reconcile
+    from kexp.handlers.experiments import Indexes, reconcile
     from kexp.handlers.metrics import OperatorMetrics
     from kexp.kube import aio
     from kexp.render.settings import RenderSettings
@@ -384,7 +384,7 @@ def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
         memo.running, memo.shared = set(), {"indexes": None, "secrets": {}}
         empty: dict[Any, Any] = {}
         try:
-            indexes = (empty, empty, empty, empty, empty)  # experiments .. rayjobs
+            indexes = Indexes(empty, empty, empty, empty, empty)
             await reconcile(memo, namespace, "race", stale, indexes)
         finally:
             await memo.kube.close()

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import kopf
 from prometheus_client import start_http_server
@@ -140,7 +140,7 @@ async def _poll_progress(memo: kopf.Memo) -> None:
         if indexes is None:
             continue
         for key in list(memo.running):
-            body = _one(indexes[0], key)
+            body = _one(indexes.experiments, key)
             if body is None:
                 memo.running.discard(key)
                 continue
@@ -220,6 +220,21 @@ def _one(index: kopf.Index[Key, Any], key: Key) -> dict[str, Any] | None:
     return next(iter(store), None) if store is not None else None
 
 
+class Indexes(NamedTuple):
+    """kopf's in-memory indexes, by kind (kopf hands each to handlers as a keyword argument)."""
+
+    experiments: kopf.Index[Key, Any]
+    templates: kopf.Index[Key, Any]
+    jobs: kopf.Index[Key, Any]
+    pods: kopf.Index[Key, Any]
+    rayjobs: kopf.Index[Key, Any]
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
+        """The indexes among a handler's keyword arguments (named after the index functions)."""
+        return cls(*(kwargs[f"{kind}_idx"] for kind in cls._fields))
+
+
 # ---- events ---------------------------------------------------------------------------------
 @kopf.on.event(aio.GROUP, aio.VERSION, aio.EXPERIMENTS)  # type: ignore[arg-type]
 async def on_experiment(
@@ -228,14 +243,9 @@ async def on_experiment(
     namespace: str,
     name: str,
     memo: kopf.Memo,
-    experiments_idx: kopf.Index[Key, Any],
-    templates_idx: kopf.Index[Key, Any],
-    jobs_idx: kopf.Index[Key, Any],
-    pods_idx: kopf.Index[Key, Any],
-    rayjobs_idx: kopf.Index[Key, Any],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
-    indexes = (experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx)
+    indexes = Indexes.of(kwargs)
     if type == "DELETED":
         memo.metrics.forget((namespace, name))
         for cache in (memo.bodies, memo.locks, memo.written):
@@ -273,12 +283,7 @@ async def on_job(
     namespace: str,
     labels: kopf.Labels,
     memo: kopf.Memo,
-    experiments_idx: kopf.Index[Key, Any],
-    templates_idx: kopf.Index[Key, Any],
-    jobs_idx: kopf.Index[Key, Any],
-    pods_idx: kopf.Index[Key, Any],
-    rayjobs_idx: kopf.Index[Key, Any],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     summary = None if type == "DELETED" else _job_summary(body)
     # A Job that disappears is reconciled too: a pass decides whether it was deleted mid-run.
@@ -289,7 +294,7 @@ async def on_job(
         summary,
         namespace,
         labels,
-        (experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx),
+        Indexes.of(kwargs),
         on_delete=True,
     )
 
@@ -317,12 +322,7 @@ async def on_pod(
     namespace: str,
     labels: kopf.Labels,
     memo: kopf.Memo,
-    experiments_idx: kopf.Index[Key, Any],
-    templates_idx: kopf.Index[Key, Any],
-    jobs_idx: kopf.Index[Key, Any],
-    pods_idx: kopf.Index[Key, Any],
-    rayjobs_idx: kopf.Index[Key, Any],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     summary = None if type == "DELETED" else _pod_summary(body)
     await _on_child_event(
@@ -332,7 +332,7 @@ async def on_pod(
         summary,
         namespace,
         labels,
-        (experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx),
+        Indexes.of(kwargs),
         on_delete=False,
     )
 
@@ -352,12 +352,7 @@ async def on_rayjob(
     namespace: str,
     labels: kopf.Labels,
     memo: kopf.Memo,
-    experiments_idx: kopf.Index[Key, Any],
-    templates_idx: kopf.Index[Key, Any],
-    jobs_idx: kopf.Index[Key, Any],
-    pods_idx: kopf.Index[Key, Any],
-    rayjobs_idx: kopf.Index[Key, Any],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     summary = None if type == "DELETED" else _ray_job_summary(body)
     await _on_child_event(
@@ -367,7 +362,7 @@ async def on_rayjob(
         summary,
         namespace,
         labels,
-        (experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx),
+        Indexes.of(kwargs),
         on_delete=True,
     )
 
@@ -377,14 +372,9 @@ async def on_template(
     namespace: str,
     name: str,
     memo: kopf.Memo,
-    experiments_idx: kopf.Index[Key, Any],
-    templates_idx: kopf.Index[Key, Any],
-    jobs_idx: kopf.Index[Key, Any],
-    pods_idx: kopf.Index[Key, Any],
-    rayjobs_idx: kopf.Index[Key, Any],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
-    indexes = (experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx)
+    indexes = Indexes.of(kwargs)
     for exp in await memo.kube.list_experiments(namespace, f"{contract.LABEL_TEMPLATE}={name}"):
         await reconcile(memo, namespace, exp["metadata"]["name"], exp, indexes)
 
@@ -396,7 +386,7 @@ async def _on_child_event(
     summary: tuple[Any, ...] | None,
     namespace: str,
     labels: Mapping[str, str],
-    indexes: tuple[Any, ...],
+    indexes: Indexes,
     *,
     on_delete: bool,
 ) -> None:
@@ -417,12 +407,12 @@ async def _on_child_event(
 
 
 async def _reconcile_owner(
-    memo: kopf.Memo, namespace: str, labels: Mapping[str, str], indexes: tuple[Any, ...]
+    memo: kopf.Memo, namespace: str, labels: Mapping[str, str], indexes: Indexes
 ) -> None:
     name = labels.get(contract.LABEL_EXPERIMENT)
     if not name:
         return
-    body = _one(indexes[0], (namespace, name))
+    body = _one(indexes.experiments, (namespace, name))
     if body is None:
         return  # the Experiment is gone; garbage collection takes its children
     if (_newest(memo, (namespace, name), body).get("status") or {}).get("phase") in TERMINAL:
@@ -557,24 +547,23 @@ async def _observe(
     memo: kopf.Memo,
     namespace: str,
     body: dict[str, Any],
-    indexes: tuple[Any, ...],
+    indexes: Indexes,
     read_progress: bool = False,
 ) -> Observed:
-    experiments_idx, templates_idx, jobs_idx, pods_idx, rayjobs_idx = indexes
     name = body["metadata"]["name"]
     spec = body.get("spec") or {}
     template = None
     if spec.get("templateRef"):
-        template = _one(templates_idx, (namespace, spec["templateRef"]))
+        template = _one(indexes.templates, (namespace, spec["templateRef"]))
     merged = models.merge_template(template or {}, spec) if template else spec
     is_sweep = bool(merged.get("sweep"))
     on_ray = is_sweep and uses_ray_cluster(merged)
-    store = pods_idx.get((namespace, name))
+    store = indexes.pods.get((namespace, name))
     pods = [p for p in store] if store is not None else []
     experiments = (
         {
             key[1]: next(iter(value))
-            for key, value in experiments_idx.items()
+            for key, value in indexes.experiments.items()
             if key[0] == namespace and value
         }
         if spec.get("initFrom")
@@ -593,7 +582,7 @@ async def _observe(
         resolved = revision
     job, ray_job, kuberay = None, None, None
     if on_ray:
-        ray_job = _one(rayjobs_idx, (namespace, name))
+        ray_job = _one(indexes.rayjobs, (namespace, name))
         if ray_job is None and _job_was_created(body):
             ray_job = await memo.kube.get_ray_job(namespace, workload_name(name, merged))
         if ray_job is None:
@@ -601,7 +590,7 @@ async def _observe(
         child, ended = ray_job, ray_job is not None and ray_job_ended(ray_job)
         succeeded = ray_job is not None and ray_job_succeeded(ray_job)
     else:
-        job = _one(jobs_idx, (namespace, name))
+        job = _one(indexes.jobs, (namespace, name))
         if job is None and _job_was_created(body):
             # The Job's watch event can trail our own status write: ask before calling it
             # deleted.
@@ -697,7 +686,7 @@ async def reconcile(
     namespace: str,
     name: str,
     body: dict[str, Any],
-    indexes: tuple[Any, ...],
+    indexes: Indexes,
     *,
     read_progress: bool = False,
 ) -> None:
@@ -758,8 +747,8 @@ async def reconcile(
             metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
 
-async def _retry(memo: kopf.Memo, key: Key, indexes: tuple[Any, ...]) -> None:
+async def _retry(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
     memo.retries.pop(key, None)
-    body = _one(indexes[0], key)
+    body = _one(indexes.experiments, key)
     if body is not None:
         await reconcile(memo, key[0], key[1], body, indexes)
