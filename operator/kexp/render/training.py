@@ -43,13 +43,22 @@ def render_config_document(exp: ResolvedExperiment) -> dict[str, Any]:
     return doc
 
 
+#: libyaml's emitter where PyYAML was built with it: the same YAML as ``yaml.safe_dump``, and
+#: the pure-Python one was 5% of the operator's CPU while a thousand Experiments arrived.
+_SAFE_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def render_config_map(exp: ResolvedExperiment) -> dict[str, Any]:
     """The ConfigMap mounted at ``contract.CONFIG_DIR``."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(exp, names.config_map_name(exp.name), "config"),
-        "data": {contract.CONFIG_FILE: yaml.safe_dump(render_config_document(exp), sort_keys=True)},
+        "data": {
+            contract.CONFIG_FILE: yaml.dump(
+                render_config_document(exp), Dumper=_SAFE_DUMPER, sort_keys=True
+            )
+        },
     }
 
 
