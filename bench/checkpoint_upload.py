@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from kexp.dev.stack import Stack
+from bench.stacks import bench_stack
 from kexp.storage.s3 import ensure_bucket, s3_client
 from kexp_trainers.runtime.checkpoints import PART_SIZE, CheckpointStore
 
@@ -58,17 +58,16 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=None)
     args = parser.parse_args()
 
-    tmp = tempfile.TemporaryDirectory(prefix="kexp-bench-")
-    state = args.state_dir or Path(tmp.name) / "stack"
-    stack = Stack(state)
-    stack.up(port_base=args.port_base, log=lambda _m: None)
-    try:
+    with (
+        bench_stack(args.state_dir, args.port_base) as stack,
+        tempfile.TemporaryDirectory(prefix="kexp-bench-") as tmp,
+    ):
         client = s3_client(stack.s3_credentials())
         bucket = "bench-checkpoints"
         ensure_bucket(client, bucket)
         size = args.size_mb * 1024 * 1024
         data = os.urandom(size)
-        work = Path(tmp.name) / "work"
+        work = Path(tmp) / "work"
         work.mkdir()
 
         # Interleaved, so neither side gets all the cold or all the warm runs.
@@ -116,10 +115,6 @@ def main() -> None:
         stop.set()
         t.join()
         store.close()
-    finally:
-        if args.state_dir is None:
-            stack.down()
-        tmp.cleanup()
 
     mb = size / 2**20
     raw_rate = mb / statistics.median(raw_s)

@@ -26,15 +26,14 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.operator_throughput import bounded, rest
+from bench.stacks import bench_stack, experiment_namespaces, operator_process
 from kexp.api import contract
 from kexp.api.reports import CheckpointsReport, ResultsReport
-from kexp.dev import cluster
 from kexp.dev.stack import Stack
 from kexp.kube.client import sync_api_client
 from kexp.kube.crds import apply_crds, load_crds
@@ -259,39 +258,20 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
 
-    tmp = None if args.state_dir else tempfile.TemporaryDirectory(prefix="kexp-bench-")
-    state = args.state_dir or Path(tmp.name)  # type: ignore[union-attr]
-    stack = Stack(state)
-    stack.up(port_base=args.port_base, log=lambda _m: None)
-    op = None
-    try:
+    with bench_stack(args.state_dir, args.port_base) as stack:
         api = sync_api_client(stack.kubeconfig)
         apply_crds(api, load_crds(REPO / "crds"))
         suffix = str(int(time.time()))
         harvest_ns, cli_ns = f"bench-harvest-{suffix}", f"bench-cli-{suffix}"
-        for ns in (harvest_ns, cli_ns):
-            cluster.ensure_namespace(api, ns)
-            cluster.apply_s3_secret(api, ns, stack.s3_credentials())
+        experiment_namespaces(api, stack, harvest_ns, cli_ns)
         env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig), "NO_COLOR": "1"}
         os.environ["KUBECONFIG"] = str(stack.kubeconfig)
-
-        log = open(state / "logs" / "bench-operator.log", "ab")  # noqa: SIM115
-        op = subprocess.Popen(
-            [sys.executable, "-m", "kexp.handlers.run", "--namespace", harvest_ns,
-             "--liveness=off"],
-            env={**env, "KEXP_OPERATOR_METRICS_PORT": "0"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        time.sleep(4)  # kopf's start-up
-        harvest = asyncio.run(harvest_phase(stack, harvest_ns, args.count, args.timeout))
-        op.terminate()
-        op.wait(timeout=30)
-        op = None
+        with operator_process(stack, harvest_ns):
+            harvest = asyncio.run(harvest_phase(stack, harvest_ns, args.count, args.timeout))
 
         populate_s = asyncio.run(populate(cli_ns, args.cli_count))
         kexp = str(Path(sys.executable).with_name("kexp"))
-        out_csv = state / "master.csv"
+        out_csv = stack.state_dir / "master.csv"
         listing = time_command([kexp, "list", "-n", cli_ns], args.repeat, env)
         exporting = time_command(
             [kexp, "export", str(out_csv), "-n", cli_ns, "--force"], args.repeat, env
@@ -302,13 +282,6 @@ def main() -> None:
         rows = out_csv.read_text().count("\n") - 1
         columns = len(out_csv.read_text().splitlines()[0].split(","))
         api.close()
-    finally:
-        if op is not None:
-            op.terminate()
-            op.wait(timeout=30)
-        if tmp is not None:
-            stack.down()
-            tmp.cleanup()
 
     print(f"harvest: {harvest['measured']} of {harvest['experiments']} experiments, 2-core machine")
     print(

@@ -26,9 +26,6 @@ import json
 import os
 import ssl
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -36,7 +33,7 @@ from typing import Any
 
 import kopf
 
-from kexp.dev import cluster
+from bench.stacks import bench_stack, experiment_namespaces, operator_process
 from kexp.dev.stack import Stack
 from kexp.kube.client import sync_api_client
 from kexp.kube.crds import apply_crds, load_crds
@@ -235,19 +232,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
 
-    tmp = None if args.state_dir else tempfile.TemporaryDirectory(prefix="kexp-bench-")
-    state = args.state_dir or Path(tmp.name)  # type: ignore[union-attr]
-    stack = Stack(state)
-    stack.up(port_base=args.port_base, log=lambda _m: None)
-    op = None
-    try:
+    with bench_stack(args.state_dir, args.port_base) as stack:
         api = sync_api_client(stack.kubeconfig)
         apply_crds(api, load_crds(REPO / "crds"))
         suffix = str(int(time.time()))
         direct_ns, op_ns = f"bench-direct-{suffix}", f"bench-op-{suffix}"
-        for ns in (direct_ns, op_ns):
-            cluster.ensure_namespace(api, ns)
-            cluster.apply_s3_secret(api, ns, stack.s3_credentials())
+        experiment_namespaces(api, stack, direct_ns, op_ns)
         os.environ["KUBECONFIG"] = str(stack.kubeconfig)
 
         before = count_429(stack)
@@ -262,38 +252,16 @@ def main() -> None:
         client_sync.CoreV1Api(api).delete_namespace(direct_ns)
         time.sleep(5)
 
-        log = open(state / "logs" / "bench-operator.log", "ab")  # noqa: SIM115
-        env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig), "KEXP_OPERATOR_METRICS_PORT": "0"}
-        op = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kexp.handlers.run",
-                "--namespace",
-                op_ns,
-                "--liveness=off",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        time.sleep(4)  # kopf's start-up: login, discovery, initial listings
-        before = count_429(stack)
-        extra = {"bench client": os.getpid(), "kexp operator": op.pid}
-        cpu_before = component_cpu(stack, extra)
-        operated = asyncio.run(
-            operator_phase(args.count, op_ns, args.concurrency, op.pid, args.timeout)
-        )
-        operated["cpu_seconds"] = cpu_delta(cpu_before, component_cpu(stack, extra))
-        operated["api_429"] = count_429(stack) - before
+        with operator_process(stack, op_ns) as op:
+            before = count_429(stack)
+            extra = {"bench client": os.getpid(), "kexp operator": op.pid}
+            cpu_before = component_cpu(stack, extra)
+            operated = asyncio.run(
+                operator_phase(args.count, op_ns, args.concurrency, op.pid, args.timeout)
+            )
+            operated["cpu_seconds"] = cpu_delta(cpu_before, component_cpu(stack, extra))
+            operated["api_429"] = count_429(stack) - before
         api.close()
-    finally:
-        if op is not None:
-            op.terminate()
-            op.wait(timeout=30)
-        if tmp is not None:
-            stack.down()
-            tmp.cleanup()
 
     ratio = operated["rate_per_s"] / direct["rate_per_s"]
     print(f"{args.count} objects, {args.concurrency} requests in flight, 2-core machine")

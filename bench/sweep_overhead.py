@@ -237,16 +237,12 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=None, help="reuse a stack here")
     args = parser.parse_args()
 
-    from kexp.dev.stack import Stack
+    from bench.stacks import bench_stack
     from kexp.storage.s3 import ensure_bucket, s3_client
 
     spec = sweep_spec(args.trials, args.concurrency, args.steps)
-    tmp = None if args.state_dir else tempfile.TemporaryDirectory(prefix="kexp-bench-")
-    state = args.state_dir or Path(tmp.name)  # type: ignore[union-attr]
-    stack = Stack(state)
-    stack.up(port_base=args.port_base, log=lambda _m: None)
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], "lean": [], "kexp": []}
-    try:
+    with bench_stack(args.state_dir, args.port_base) as stack:
         creds = stack.s3_credentials()
         s3 = s3_client(creds)
         ensure_bucket(s3, contract.DEFAULT_BUCKET)
@@ -270,10 +266,6 @@ def main() -> None:
                     + ", ".join(f"{k} {v[-1]['wall_s']:.1f} s" for k, v in runs.items()),
                     file=sys.stderr,
                 )
-    finally:
-        if tmp is not None:
-            stack.down()
-            tmp.cleanup()
 
     def median(side: str, key: str) -> float:
         values = [r[key] for r in runs[side] if r.get(key) is not None]

@@ -446,3 +446,49 @@ def test_namespaced_install_runs_the_operator_on_its_own_token(
         lambda: gone(rbac.read_namespaced_role, release.fullname, namespace),
         what="the Role to be gone",
     )
+
+
+def test_a_secret_the_operator_may_not_read_is_a_condition_not_a_crash(
+    stack: Stack,
+    kube: Any,
+    crds: None,
+    namespace: str,
+    release: Release,
+    tmp_path: Path,
+) -> None:
+    # rbac.secretNames narrows the operator's `get` to the named Secrets.
+    release.install(
+        "--skip-crds", "--set", f"watchNamespaces={{{namespace}}}", "--set",
+        "rbac.secretNames={kexp-s3}",
+    )  # fmt: skip
+    kubeconfig = operator_kubeconfig(stack, kube, release, tmp_path / "operator.kubeconfig")
+    op = OperatorProcess(
+        stack, [namespace], tmp_path / "operator.log", env={"KUBECONFIG": str(kubeconfig)}
+    )
+    custom = client.CustomObjectsApi(kube)
+
+    def status(name: str) -> dict[str, Any]:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "experiments", name)
+        found: dict[str, Any] = obj.get("status") or {}
+        return found
+
+    try:
+        op.wait_ready()
+        base = {"algorithm": "PPO", "environment": {"id": "CartPole-v1"}}
+        base["training"] = {"totalSteps": 1000}
+        for name, storage in (("team", {"secretRef": "team-s3"}), ("lab", {})):
+            body = experiment(name, **base, storage=storage)
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "experiments", body)
+        team = wait_until(
+            lambda: s if (s := status("team")).get("reason") == "S3SecretForbidden" else None,
+            what=f"S3SecretForbidden: {op.logs()}",
+        )
+        assert team["phase"] == "Pending"
+        assert "'team-s3' (spec.storage.secretRef)" in team["message"]
+        assert "rbac.secretNames" in team["message"]
+        # The Secret it may read: that run goes on, and the operator is still up.
+        lab = wait_until(lambda: s if (s := status("lab")).get("jobs") else None, what="lab's Job")
+        assert lab["jobs"] == {"train": "lab-train"}
+        assert op.proc.poll() is None
+    finally:
+        op.stop()

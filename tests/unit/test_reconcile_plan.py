@@ -9,7 +9,7 @@ import pytest
 
 from kexp.api.reports import CheckpointsReport, ProgressReport, ResultsReport
 from kexp.handlers.experiments import API_FUNCTIONS
-from kexp.handlers.plan import Observed, Plan, plan_pass, wanted_labels
+from kexp.handlers.plan import Observed, Plan, StorageError, plan_pass, wanted_labels
 from kexp.render.settings import RenderSettings
 
 SETTINGS = RenderSettings(trainer_image="kexp/trainer:test")
@@ -119,7 +119,7 @@ def test_a_new_experiment_gets_its_children_and_a_pending_status() -> None:
 
 def test_a_missing_s3_secret_holds_the_run_pending_until_the_secret_exists() -> None:
     missing = "Secret 'kexp-s3' (spec.storage.secretRef) not found in namespace 'research'"
-    waiting = plan(exp_body(), Observed(storage_error=missing))
+    waiting = plan(exp_body(), Observed(storage_error=StorageError("S3SecretMissing", missing)))
     assert waiting.create == []  # a pod mounting a missing Secret would wait without a word
     assert (waiting.status["phase"], waiting.status["reason"]) == ("Pending", "S3SecretMissing")
     assert waiting.status["message"] == missing
@@ -128,7 +128,10 @@ def test_a_missing_s3_secret_holds_the_run_pending_until_the_secret_exists() -> 
     assert waiting.events == [("Warning", "S3SecretMissing", missing)]
     assert "jobs" not in waiting.status
     # Asked again with no change: no second Event.
-    again = plan(exp_body(status=waiting.status), Observed(storage_error=missing))
+    again = plan(
+        exp_body(status=waiting.status),
+        Observed(storage_error=StorageError("S3SecretMissing", missing)),
+    )
     assert again.events == []
     assert again.status == waiting.status
     # The user creates the Secret: the run goes on, and the condition says so.
@@ -136,6 +139,11 @@ def test_a_missing_s3_secret_holds_the_run_pending_until_the_secret_exists() -> 
     assert [c["kind"] for c in found.create] == ["ConfigMap", "Job"]
     assert (found.status["phase"], found.status["reason"]) == ("Pending", "JobCreated")
     assert cond(found, "StorageReady")["status"] == "True"
+    # The same for a Secret the operator may not read (the chart's rbac.secretNames).
+    forbidden = StorageError("S3SecretForbidden", "the operator may not read Secret 'team-s3'")
+    denied = plan(exp_body(), Observed(storage_error=forbidden))
+    assert (denied.status["reason"], denied.create) == ("S3SecretForbidden", [])
+    assert denied.events == [("Warning", "S3SecretForbidden", forbidden.message)]
     # A run that never waited carries no StorageReady condition (one field fewer to write).
     assert all(c["type"] != "StorageReady" for c in plan(exp_body()).status["conditions"])
 

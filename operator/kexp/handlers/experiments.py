@@ -25,9 +25,18 @@ from kexp.api import contract, models
 from kexp.api.reports import ProgressReport, ResultsReport, SweepReport
 from kexp.api.validation import validate_spec
 from kexp.handlers.metrics import OperatorMetrics
-from kexp.handlers.plan import TERMINAL, ApiFunctions, Observed, Plan, plan_pass
+from kexp.handlers.plan import (
+    STORAGE_REASONS,
+    TERMINAL,
+    ApiFunctions,
+    Observed,
+    Plan,
+    StorageError,
+    plan_pass,
+)
 from kexp.handlers.provenance import SourceError, is_commit, resolve_revision
 from kexp.kube import aio
+from kexp.kube.rest import ApiError
 from kexp.render.names import workload_name
 from kexp.render.resolved import ResolvedExperiment
 from kexp.render.settings import RenderSettings
@@ -465,24 +474,39 @@ def _secret_missing(where: ResolvedExperiment) -> str:
     )
 
 
+async def _credentials(memo: kopf.Memo, where: ResolvedExperiment) -> dict[str, str] | StorageError:
+    """The run's S3 Secret's data, or why the operator cannot read it."""
+    try:
+        data = await _secret_data(memo, where.namespace, where.secret_name)
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        return StorageError(
+            "S3SecretForbidden",
+            f"the operator may not read Secret {where.secret_name!r} "
+            f"(spec.storage.secretRef) in namespace {where.namespace!r}: allow it (the Helm "
+            "chart's rbac.secretNames, when set, lists the only Secrets it may read)",
+        )
+    return data if data is not None else StorageError("S3SecretMissing", _secret_missing(where))
+
+
 async def _run_location(
     memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
 ) -> tuple[Any, ResolvedExperiment] | str:
     """An S3 client and where the run writes, or why its storage cannot be reached."""
     where = _storage_of(body, template_spec)
-    data = await _secret_data(memo, where.namespace, where.secret_name)
-    if data is None:
-        return _secret_missing(where)
+    data = await _credentials(memo, where)
+    if isinstance(data, StorageError):
+        return data.message
     return s3_client(credentials_from_secret(data)), where
 
 
 async def _storage_error(
     memo: kopf.Memo, body: dict[str, Any], template_spec: dict[str, Any]
-) -> str | None:
+) -> StorageError | None:
     """Why the run's S3 Secret cannot be read, if it cannot."""
-    where = _storage_of(body, template_spec)
-    data = await _secret_data(memo, where.namespace, where.secret_name)
-    return None if data is not None else _secret_missing(where)
+    data = await _credentials(memo, _storage_of(body, template_spec))
+    return data if isinstance(data, StorageError) else None
 
 
 async def _fetch_results(
@@ -723,7 +747,7 @@ async def reconcile(
                 memo.shared["indexes"] = indexes
                 if plan.status.get("phase") == "Running" or plan.status.get("reason") in (
                     "KubeRayMissing",
-                    "S3SecretMissing",
+                    *STORAGE_REASONS,
                 ):
                     # Polled: heartbeats are read, and KubeRay or the Secret may come
                     # meanwhile (Secrets are not watched: the operator may only get them).

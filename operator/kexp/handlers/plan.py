@@ -42,8 +42,11 @@ PROBLEM_REASONS: Final = STUCK_WAITING_REASONS | {
     "TrainerFailed",
     "KubeRayMissing",
     "S3SecretMissing",
+    "S3SecretForbidden",
     "AllTrialsFailed",
 }
+#: Reasons a run waits for its S3 Secret (re-checked: the operator does not watch Secrets).
+STORAGE_REASONS: Final = ("S3SecretMissing", "S3SecretForbidden")
 KUBERAY_MISSING: Final = (
     "spec.sweep.rayCluster needs KubeRay, and this cluster does not serve RayJobs "
     f"({contract.RAY_GROUP}/{contract.RAY_VERSION}); install KubeRay, or remove rayCluster to "
@@ -90,7 +93,15 @@ class Observed:
     kuberay: bool | None = None
     #: Why the run's S3 credentials cannot be read (a missing Secret), asked before the
     #: workload is created: a pod that mounts a missing Secret would wait without a word.
-    storage_error: str | None = None
+    storage_error: StorageError | None = None
+
+
+@dataclass(frozen=True)
+class StorageError:
+    """Why a run's S3 Secret cannot be read: a reason (one of STORAGE_REASONS) and a message."""
+
+    reason: str
+    message: str
 
 
 @dataclass
@@ -265,8 +276,9 @@ def plan_pass(
         return finish("Pending", "KubeRayMissing", KUBERAY_MISSING)
     if child is None and observed.storage_error:
         status["provenance"] = prov
-        cond("StorageReady", False, "S3SecretMissing", observed.storage_error)
-        return finish("Pending", "S3SecretMissing", observed.storage_error)
+        unreadable = observed.storage_error
+        cond("StorageReady", False, unreadable.reason, unreadable.message)
+        return finish("Pending", unreadable.reason, unreadable.message)
     if child is None and condition(conditions, "StorageReady"):
         # Only a run that once waited for its Secret carries the condition.
         cond("StorageReady", True, "S3SecretFound", "the S3 Secret exists")
