@@ -143,15 +143,21 @@ async def operator_phase(
     all_seen = asyncio.Event()
 
     async def watch_jobs() -> None:
-        async for event in api.watch(f"/apis/batch/v1/namespaces/{namespace}/jobs"):
-            if event["type"] != "ADDED":
-                continue
-            owner = event["object"]["metadata"].get("labels", {}).get("kexp.io/experiment")
-            if owner and owner not in job_seen:
-                job_seen[owner] = time.monotonic()
-                if len(job_seen) == n:
-                    all_seen.set()
-                    return
+        # The API server may end a watch (a 429 while a fresh stack's storage initialises): a
+        # new one lists what exists as ADDED, so nothing is missed, only seen late.
+        while True:
+            with contextlib.suppress(ApiError):
+                async for event in api.watch(f"/apis/batch/v1/namespaces/{namespace}/jobs"):
+                    if event["type"] != "ADDED":
+                        continue
+                    labels = event["object"]["metadata"].get("labels", {})
+                    owner = labels.get("kexp.io/experiment")
+                    if owner and owner not in job_seen:
+                        job_seen[owner] = time.monotonic()
+                        if len(job_seen) == n:
+                            all_seen.set()
+                            return
+            await asyncio.sleep(0.2)
 
     watcher = asyncio.create_task(watch_jobs())
     await asyncio.sleep(1)  # the watch is established before the first apply
@@ -184,17 +190,19 @@ async def operator_phase(
         terminal = ("Succeeded", "Failed")
         done = 0
         while True:  # the API server may close a watch; a new one starts with a full listing
-            async for event in api.watch(exp_path):
-                if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
-                    break  # an ERROR (a Status object): watch again
-                obj = event["object"]
-                name = obj["metadata"]["name"]
-                phase = (obj.get("status") or {}).get("phase") or "None"
-                done += (phase in terminal) - (phase_of.get(name) in terminal)
-                phase_of[name] = phase
-                if done == n:
-                    finished_s = time.monotonic() - started
-                    return
+            with contextlib.suppress(ApiError):
+                async for event in api.watch(exp_path):
+                    if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+                        break  # an ERROR (a Status object): watch again
+                    obj = event["object"]
+                    name = obj["metadata"]["name"]
+                    phase = (obj.get("status") or {}).get("phase") or "None"
+                    done += (phase in terminal) - (phase_of.get(name) in terminal)
+                    phase_of[name] = phase
+                    if done == n:
+                        finished_s = time.monotonic() - started
+                        return
+            await asyncio.sleep(0.2)
 
     with contextlib.suppress(TimeoutError):  # reported as not finished
         await asyncio.wait_for(watch_experiments(), timeout=timeout_s)
