@@ -65,18 +65,36 @@ def install(only: tuple[str, ...]) -> None:
     show_default=True,
     help="Seconds to wait for every service to be ready.",
 )
-def up(state_dir: Path | None, port_base: int | None, timeout_s: float) -> None:
+@click.option(
+    "--real-node",
+    is_flag=True,
+    help="Also start a real node (containerd, runc, kubelet) that runs kexp's trainer pods "
+    "as containers, with the trainer image built locally. Needs root. Remembered: a later "
+    "`up` restarts it.",
+)
+def up(state_dir: Path | None, port_base: int | None, timeout_s: float, real_node: bool) -> None:
     """Start the stack (idempotent: running services are kept)."""
+    from kexp.dev.images import ImageError
+    from kexp.dev.realnode import NodeError
+
     stack = Stack(state_dir)
     try:
-        report = stack.up(port_base=port_base, timeout_s=timeout_s, log=_log)
-    except (StackError, toolchain.ToolError, TimeoutError) as exc:
+        report = stack.up(port_base=port_base, timeout_s=timeout_s, log=_log, real_node=real_node)
+    except (StackError, toolchain.ToolError, TimeoutError, NodeError, ImageError) as exc:
         _fail(exc)
     started = ", ".join(report.started) or "nothing (all running)"
     click.echo(f"started: {started}")
     click.echo(
         f"API server ready after {report.api_ready_s:.1f}s; all ready after {report.total_s:.1f}s"
     )
+    if report.node is not None:
+        node = report.node
+        click.echo(
+            f"real node: tools {node.tools_s:.1f}s, images {node.images_s:.1f}s, "
+            f"Ready after {node.ready_s:.1f}s more ({node.total_s:.1f}s in all)"
+        )
+        for name, what in node.images.items():
+            click.echo(f"  {name}: {what}")
     click.echo(f'use it:  eval "$(kexp dev env --state-dir {stack.state_dir})"')
 
 
@@ -141,7 +159,11 @@ def env(state_dir: Path | None) -> None:
     help="Seconds to wait for the experiment's training Job to appear.",
 )
 def run_trainer(state_dir: Path | None, name: str, namespace: str, timeout_s: float) -> None:
-    """Run experiment NAME's trainer pod as a local process (kwok nodes run no containers).
+    """Run experiment NAME's trainer pod: on the real node if the stack has one, else as a
+    local process (kwok nodes run no containers).
+
+    On the real node (`kexp dev up --real-node`) the pod is a container; this follows its log
+    and has Prometheus scrape it until it ends. Otherwise:
 
     Exactly the pod's command, environment, mounted config and S3 credentials; its metrics
     endpoint is scraped by the stack's Prometheus while it runs. Output is shown here and
@@ -149,10 +171,19 @@ def run_trainer(state_dir: Path | None, name: str, namespace: str, timeout_s: fl
     Exits with the trainer's exit code.
     """
     from kexp.dev.podrunner import PodRunError, run_experiment_trainer
+    from kexp.dev.realnode import NodeError, follow_trainer_pod
 
+    stack = Stack(state_dir)
+    try:
+        # A stack with a real node runs the pod as a container: follow it there.
+        real = follow_trainer_pod(stack, name, namespace, timeout_s=timeout_s, echo=_echo, log=_log)
+    except NodeError as exc:
+        _fail(exc)
+    if real is not None:
+        sys.exit(real)
     try:
         code = run_experiment_trainer(
-            Stack(state_dir), name, namespace, timeout_s=timeout_s, echo=_echo, log=_log
+            stack, name, namespace, timeout_s=timeout_s, echo=_echo, log=_log
         )
     except PodRunError as exc:
         _fail(exc)

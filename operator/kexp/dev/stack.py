@@ -30,7 +30,7 @@ from typing import Any, Final
 import yaml
 
 from kexp.api import contract
-from kexp.dev import cluster, pki, processes, prometheus, toolchain
+from kexp.dev import cluster, pki, processes, prometheus, realnode, toolchain
 from kexp.storage.s3 import S3Credentials
 
 DEFAULT_PORT_BASE: Final = 17400
@@ -115,6 +115,7 @@ class UpReport:
     total_s: float
     started: list[str]
     kept: list[str]
+    node: realnode.NodeReport | None = None
 
 
 def _http_ok(url: str, *, context: ssl.SSLContext | None = None, token: str | None = None) -> bool:
@@ -261,6 +262,7 @@ class Stack:
         etcd_url = f"http://127.0.0.1:{p.etcd}"
         peer_url = f"http://127.0.0.1:{p.etcd_peer}"
         kubeconfig = str(self.kubeconfig)
+        kubelet_client = realnode.apiserver_kubelet_client_paths(self.pki)
         return [
             Service(
                 "etcd",
@@ -311,6 +313,14 @@ class Stack:
                     # kubelet (kwok) serving certificate against the stack's CA.
                     "--kubelet-preferred-address-types=InternalIP",
                     f"--kubelet-certificate-authority={self.pki.ca_cert}",
+                    # A real kubelet (`--real-node`) authenticates the API server; kwok
+                    # ignores the certificate.
+                    f"--kubelet-client-certificate={kubelet_client[0]}",
+                    f"--kubelet-client-key={kubelet_client[1]}",
+                    # The real node's placement policy is a MutatingAdmissionPolicy, beta
+                    # (and off by default) in 1.34.
+                    "--feature-gates=MutatingAdmissionPolicy=true",
+                    "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
                 ],
                 (p.apiserver,),
                 lambda: _http_ok(
@@ -417,6 +427,7 @@ class Stack:
 
     def _write_files(self, config: StackConfig, tools: toolchain.InstallReport) -> None:
         pki.ensure_pki(self.pki)
+        realnode.ensure_apiserver_kubelet_client(self.pki)
         token = self.pki.admin_token.read_text().strip()
         kubeconfig = cluster.render_kubeconfig(self.api_url(config), self.pki.ca_cert, token)
         self.kubeconfig.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
@@ -445,9 +456,19 @@ class Stack:
         return running
 
     def up(
-        self, *, port_base: int | None = None, timeout_s: float = 120.0, log: Log = print
+        self,
+        *,
+        port_base: int | None = None,
+        timeout_s: float = 120.0,
+        log: Log = print,
+        real_node: bool = False,
     ) -> UpReport:
-        """Start whatever is not running, wait until all is ready, bootstrap the cluster."""
+        """Start whatever is not running, wait until all is ready, bootstrap the cluster.
+
+        With ``real_node`` (or when the state dir's node was started before), also start the
+        real node (containerd, runc, kubelet; see ``realnode``); its timings are in the
+        report's ``node``.
+        """
         started_at = time.monotonic()
         tools = toolchain.ensure_tools(log=log)
         config = self._resolve_config(port_base)
@@ -493,7 +514,13 @@ class Stack:
             self._stop(started)
             raise
         kept = [s.name for s in services if s.name not in started]
-        return UpReport(api_ready_s, time.monotonic() - started_at, started, kept)
+        node_report = None
+        node = realnode.RealNode(self)
+        if real_node or node.marker.exists():
+            # The node is an add-on: a failure leaves the control plane up, for `dev status`.
+            node_report = node.up(timeout_s=max(timeout_s, 180.0), log=log)
+            started += node_report.started
+        return UpReport(api_ready_s, time.monotonic() - started_at, started, kept, node_report)
 
     def _check_ports(self, services: list[Service], running: dict[str, int]) -> None:
         for svc in services:
@@ -538,7 +565,8 @@ class Stack:
 
         Returns the pids that were stopped. Works on a corrupt state dir as well.
         """
-        stopped: list[int] = []
+        # The node's containers first: they are not children of any process of the stack.
+        stopped: list[int] = realnode.RealNode(self).down(delete_node=False)
         # Dependents first, so the API server does not log a storm of lost clients.
         for name in reversed(SERVICE_NAMES):
             record = processes.read_pid_file(self.pid_path(name))
@@ -566,17 +594,18 @@ class Stack:
         )
         with contextlib.suppress(FileNotFoundError):
             services = {s.name: s for s in self._services(config, tools)}
-            return {
-                "stateDir": str(self.state_dir),
-                "services": {
-                    name: {
-                        "pid": running.get(name),
-                        "port": services[name].ports[0],
-                        "ready": name in running and services[name].ready(),
-                    }
-                    for name in SERVICE_NAMES
-                },
+            info: dict[str, Any] = {
+                name: {
+                    "pid": running.get(name),
+                    "port": services[name].ports[0],
+                    "ready": name in running and services[name].ready(),
+                }
+                for name in SERVICE_NAMES
             }
+            node = realnode.RealNode(self)
+            if node.marker.exists():
+                info.update(node.status())
+            return {"stateDir": str(self.state_dir), "services": info}
         return {"stateDir": str(self.state_dir), "services": {}}
 
 

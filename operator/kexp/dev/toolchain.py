@@ -27,6 +27,9 @@ GOTOOLS_DIR: Final = Path(__file__).parent / "gotools"
 #: Debian's prometheus package in bookworm; the upstream version that ``prometheus --version``
 #: must report. A different one is refused rather than silently used.
 PROMETHEUS_VERSION: Final = "2.42.0"
+#: Debian bookworm's containerd and runc, which the real node runs pods with.
+CONTAINERD_VERSION: Final = "1.6.20"
+RUNC_VERSION: Final = "1.1.5"
 
 
 class ToolError(RuntimeError):
@@ -108,6 +111,8 @@ class DebianTool:
     path: Path
     version_prefix: str
     version_args: tuple[str, ...] = ("--version",)
+    #: How the version appears in the tool's output; ``{}`` stands for ``version_prefix``.
+    version_format: str = "version {}"
 
 
 KUBERNETES: Final = "k8s.io/kubernetes"
@@ -121,6 +126,8 @@ GO_TOOLS: Final[tuple[GoTool, ...]] = (
     GoTool("kwok", "kwok", "sigs.k8s.io/kwok", "sigs.k8s.io/kwok/cmd/kwok"),
     GoTool("minio", "minio", "github.com/minio/minio", "github.com/minio/minio"),
     GoTool("helm", "helm", "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm"),
+    # Only the real node (`kexp dev up --real-node`) needs it; see NODE_TOOL_NAMES.
+    GoTool("kubelet", "kubelet", KUBERNETES, "k8s.io/kubernetes/cmd/kubelet", True),
 )
 
 DEBIAN_TOOLS: Final[tuple[DebianTool, ...]] = (
@@ -128,9 +135,22 @@ DEBIAN_TOOLS: Final[tuple[DebianTool, ...]] = (
     DebianTool(
         "promtool", "prometheus", Path("/usr/bin/promtool"), PROMETHEUS_VERSION, ("--version",)
     ),
+    DebianTool(
+        "containerd",
+        "containerd",
+        Path("/usr/bin/containerd"),
+        CONTAINERD_VERSION,
+        version_format="github.com/containerd/containerd {}",
+    ),
+    DebianTool("runc", "runc", Path("/usr/sbin/runc"), RUNC_VERSION),
 )
 
 ALL_TOOL_NAMES: Final = tuple(t.name for t in GO_TOOLS) + tuple(t.name for t in DEBIAN_TOOLS)
+#: The real node's tools: a kubelet, and Debian's containerd and runc (bookworm's; the
+#: kubelet speaks CRI v1, which containerd 1.6 serves). A stack without a real node never
+#: builds or installs them, so they are not in the default set of ``ensure_tools``.
+NODE_TOOL_NAMES: Final = ("kubelet", "containerd", "runc")
+STACK_TOOL_NAMES: Final = tuple(n for n in ALL_TOOL_NAMES if n not in NODE_TOOL_NAMES)
 
 
 @dataclass
@@ -216,7 +236,7 @@ def ensure_debian_tool(tool: DebianTool) -> Path:
         [str(tool.path), *tool.version_args], capture_output=True, text=True, check=False
     )
     text = out.stdout + out.stderr
-    if f"version {tool.version_prefix}" not in text:
+    if tool.version_format.format(tool.version_prefix) not in text:
         raise ToolError(
             f"{tool.path} is not version {tool.version_prefix} (it says: {_tail(text, 1)}); "
             f"kexp is tested with Debian's {tool.package} {tool.version_prefix}"
@@ -230,12 +250,12 @@ def ensure_tools(
     root: Path | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> InstallReport:
-    """Make every named tool (all by default) available and return their paths.
+    """Make every named tool (the stack's by default) available and return their paths.
 
     Cached binaries are reused; missing ones are built (Go) or installed (Debian). Failures
     raise ToolError with the module and version that failed.
     """
-    wanted = set(names) if names is not None else set(ALL_TOOL_NAMES)
+    wanted = set(names) if names is not None else set(STACK_TOOL_NAMES)
     unknown = wanted - set(ALL_TOOL_NAMES)
     if unknown:
         raise ToolError(f"unknown tool(s) {sorted(unknown)}; known: {', '.join(ALL_TOOL_NAMES)}")

@@ -1,0 +1,183 @@
+"""The real node: kubelet, containerd and runc run the operator's trainer Job as a container.
+
+A stack of its own (``--real-node`` changes where trainer pods go, so it must not be the
+session's stack), its own operator, and the locally built trainer image. The chain checked:
+Experiment -> operator -> Job -> MutatingAdmissionPolicy -> the real node -> a runc container
+that trains -> checkpoint and results in MinIO -> scraped by Prometheus -> harvested into
+status -> its log through the API server from the real kubelet.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from kubernetes import client
+
+from kexp.api import contract
+from kexp.cli.main import cli
+from kexp.dev import cluster, realnode
+from kexp.dev.stack import Stack
+from kexp.kube.client import sync_api_client
+from kexp.storage.s3 import s3_client
+from tests.conftest import TEST_PORT_BASE, OperatorProcess
+from tests.waiting import wait_until
+
+# A cold first test builds the kubelet, debootstraps, packs and imports a 5.6 GB image.
+pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(1500)]
+REPO = Path(__file__).resolve().parents[2]
+#: Its own ports, clear of the session stack's (TEST_PORT_BASE .. +21).
+PORT_BASE = TEST_PORT_BASE + 50
+NS = "real-node-e2e"
+
+
+@pytest.fixture(scope="module")
+def node_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state = Path(os.environ.get("KEXP_TEST_REAL_NODE_STATE") or tmp_path_factory.mktemp("real"))
+    stack = Stack(state)
+    try:
+        report = stack.up(port_base=PORT_BASE, timeout_s=600, real_node=True, log=print)
+        assert report.node is not None
+        yield stack
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="module")
+def kube(node_stack: Stack) -> Iterator[Any]:
+    api = sync_api_client(node_stack.kubeconfig)
+    yield api
+    api.close()
+
+
+def test_node_is_real_and_ready(node_stack: Stack, kube: Any) -> None:
+    node = client.CoreV1Api(kube).read_node(realnode.NODE_NAME)
+    info = node.status.node_info
+    assert info.kubelet_version == "v1.34.2"
+    assert info.container_runtime_version.startswith("containerd://1.6.")
+    assert node.metadata.labels[realnode.NODE_LABEL] == "true"
+    assert any(t.key == realnode.NODE_LABEL for t in node.spec.taints or [])
+    assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+
+
+def test_a_host_network_pod_runs_in_a_container(node_stack: Stack, kube: Any) -> None:
+    core = client.CoreV1Api(kube)
+    cluster.ensure_namespace(kube, NS)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "hello"},
+        "spec": {
+            "nodeName": realnode.NODE_NAME,
+            "hostNetwork": True,
+            "restartPolicy": "Never",
+            "tolerations": [{"key": realnode.NODE_LABEL, "operator": "Exists"}],
+            "containers": [
+                {
+                    "name": "hello",
+                    "image": "kexp.local/trainer:dev",
+                    "imagePullPolicy": "Never",
+                    "command": ["python", "-c", "import os; print('pid', os.getpid())"],
+                }
+            ],
+        },
+    }
+    core.create_namespaced_pod(NS, pod)
+    done = wait_until(
+        lambda: (
+            p if (p := core.read_namespaced_pod("hello", NS)).status.phase == "Succeeded" else None
+        ),
+        timeout_s=120,
+        what="the hello pod to succeed",
+    )
+    assert done.spec.node_name == realnode.NODE_NAME
+    # pid 1: its own pid namespace, so a container, not a host process.
+    assert core.read_namespaced_pod_log("hello", NS).strip() == "pid 1"
+
+
+def test_experiment_trains_in_a_container_on_the_real_node(
+    node_stack: Stack, kube: Any, tmp_path: Path
+) -> None:
+    from kexp.kube.crds import apply_crds, load_crds
+
+    apply_crds(kube, load_crds(REPO / "crds"))
+    cluster.ensure_namespace(kube, NS)
+    cluster.apply_s3_secret(kube, NS, node_stack.s3_credentials())
+    op = OperatorProcess(
+        node_stack,
+        [NS],
+        tmp_path / "operator.log",
+        env={"KEXP_TRAINER_IMAGE": "kexp.local/trainer:dev", "KEXP_IMAGE_PULL_POLICY": "Never"},
+    )
+    runner = CliRunner()
+    base = ["--kubeconfig", str(node_stack.kubeconfig), "-n", NS]
+    try:
+        op.wait_ready()
+        for argv in (
+            ["submit", *base, str(REPO / "examples/templates/cartpole-smoke.yaml"), "--no-source"],
+            ["new", *base, "rn", "--no-source", "-t", "cartpole-smoke",
+             "--set", "training.totalSteps=2048", "--apply"],
+        ):  # fmt: skip
+            result = runner.invoke(cli, argv, catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+        started = time.monotonic()
+        trained = runner.invoke(
+            cli,
+            ["dev", "run-trainer", "--state-dir", str(node_stack.state_dir), "-n", NS, "rn"],
+            catch_exceptions=False,
+        )
+        assert trained.exit_code == 0, trained.output[-3000:]
+        assert "runs as a container on the real node" in trained.output
+        assert "evaluation over 10 episodes" in trained.output
+        core = client.CoreV1Api(kube)
+        pods = core.list_namespaced_pod(NS, label_selector="batch.kubernetes.io/job-name=rn-train")
+        pod = pods.items[0]
+        assert pod.spec.node_name == realnode.NODE_NAME
+        assert pod.spec.host_network is True
+        status = pod.status.container_statuses[0]
+        assert status.image_id.startswith("sha256:") or "kexp.local/trainer" in status.image
+        assert status.container_id.startswith("containerd://")
+        # Harvested: the scores from results.json in MinIO, the checkpoint's URI.
+        exp = wait_until(
+            lambda: (
+                s
+                if (s := _experiment(kube, "rn").get("status", {})).get("phase") == "Succeeded"
+                and s.get("results")
+                else None
+            ),
+            timeout_s=120,
+            what="rn to be Succeeded and harvested",
+        )
+        assert exp["checkpoints"]["best"].endswith("/checkpoints/best.pt")
+        bucket, _, key = exp["checkpoints"]["best"].removeprefix("s3://").partition("/")
+        s3 = s3_client(node_stack.s3_credentials())
+        assert (s3.stat_object(bucket, key).size or 0) > 0
+        uid = _experiment(kube, "rn")["metadata"]["uid"]
+        prefix = contract.s3_prefix(NS, "rn", uid)
+        assert (s3.stat_object(bucket, prefix + contract.RESULTS_FILE).size or 0) > 0
+        # Scraped: the trainer's metrics, labelled with the pod that served them.
+        prom = node_stack.prometheus()
+        # Over a range: the target is gone now, so an instant query would find stale series.
+        steps = f'max_over_time({contract.METRIC_STEPS}{{pod="{pod.metadata.name}"}}[15m])'
+        series = wait_until(
+            lambda: prom.query(steps), timeout_s=30, what="the trainer's metrics in Prometheus"
+        )
+        assert float(series[0]["value"][1]) > 0
+        # The log through the API server, from the real kubelet.
+        log = core.read_namespaced_pod_log(pod.metadata.name, NS, tail_lines=5)
+        assert "evaluation over 10 episodes" in log
+        print(f"trained in a container in {time.monotonic() - started:.1f}s")
+    finally:
+        op.stop()
+
+
+def _experiment(kube: Any, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        "kexp.io", "v1alpha1", NS, "experiments", name
+    )
+    return obj
