@@ -8,8 +8,12 @@ In one run, on one machine: CPU, one torch thread, the same seed and the same hy
 both sides (mapped explicitly by ``sb3_ppo_kwargs`` and ``sb3_sac_kwargs``):
 
 1. PPO on CartPole-v1 and on highway-fast-v0: kexp's ``ppo.train`` on ``make_vector_env``
-   against SB3's ``PPO`` on a ``DummyVecEnv`` of the same number of ``make_env`` copies (each in
-   SB3's ``Monitor``), so both see the same (flat float32) observations;
+   (with ``PPOArgs.vector_env`` at its default, ``auto``: in-process for CartPole, one worker
+   process per copy for highway-env) against SB3's ``PPO`` on a ``DummyVecEnv`` (SB3's
+   ``make_vec_env`` default, in-process) of the same number of ``make_env`` copies (each in
+   SB3's ``Monitor``), so both see the same (flat float32) observations. Where kexp steps its
+   copies in worker processes, SB3 also runs on a ``SubprocVecEnv`` (its worker processes), a
+   row of its own (``SB3_VEC_ENVS``): kexp against SB3 as it comes and SB3 at its best;
 2. SAC on Pendulum-v1: kexp's ``sac.train`` against SB3's ``SAC``;
 3. instrumentation: ``kexp_trainers.run.train_run`` (the trainer pod's code path) training PPO
    on CartPole-v1 with a real ``TrainerMetrics``, ``CheckpointStore`` (a checkpoint every
@@ -21,15 +25,18 @@ Steps per second are environment steps over the wall time of training alone (``t
 run is then evaluated greedily for ``--episodes`` episodes with the same protocol as
 ``ppo.evaluate`` (seeds ``seed + 10000 + episode``). Runs alternate kexp, SB3, kexp, SB3 (on,
 off, ...) ``--repeats`` times (``--slow-repeats`` for highway and SAC) and the table shows
-medians; the "(CPU time)" columns repeat the comparison over this process's CPU seconds (all its
-threads, uploads included), which other load on a shared machine disturbs less. Returns count
+medians; the "(CPU time)" columns repeat the comparison over CPU seconds (this process's, all
+its threads, uploads included; for PPO plus its environment worker processes'), which other
+load on a shared machine disturbs less. Returns count
 as equal when kexp's mean is no lower than SB3's by more than
 ``max(5% of |SB3's mean|, 2 standard errors of the difference)``.
 
 What cannot be matched by a hyperparameter (so equal returns are expected, not identical ones):
 SB3 bootstraps truncated episodes in PPO (kexp ends them); SB3's SAC clamps the log-std to
-[-20, 2] where kexp squashes it into [-5, 2], tunes log(alpha) rather than alpha, and updates the
-actor once per step where kexp (CleanRL) updates it twice every second step (the same count).
+[-20, 2] where kexp squashes it into [-5, 2], tunes log(alpha) rather than alpha, adds 1e-6
+inside the log of the squashing's Jacobian (kexp's is exact), and updates the actor once per
+step where kexp (CleanRL) updates it twice every second step (the same count). Both learn the
+temperature from the log-probabilities of the actor step's own samples.
 
     .venv/bin/python -m bench.trainer_throughput            # full: about 40 minutes on 2 cores
     .venv/bin/python -m bench.trainer_throughput --quick    # smoke run: a few minutes
@@ -40,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -55,7 +63,7 @@ import torch
 from torch import nn
 
 from kexp_trainers.algorithms import ppo, sac
-from kexp_trainers.algorithms.common import make_vector_env
+from kexp_trainers.algorithms.common import make_vector_env, resolve_vector_env
 from kexp_trainers.envs.highway import make_env
 from kexp_trainers.runtime.environment import seed_everything
 
@@ -68,6 +76,14 @@ SAC_ARGS = sac.SACArgs(learning_starts=1000)  # as bench.learning
 PPO_ENVS = 4
 #: One PPO rollout: the warm-up's budget.
 ROLLOUT = PPO_ENVS * PPO_ARGS.n_steps
+#: SB3's vector envs each PPO comparison runs (a row each): its default, in-process
+#: ``DummyVecEnv``, and ``SubprocVecEnv`` where kexp steps its copies in worker processes.
+SB3_VEC_ENVS = {
+    env_id: ("DummyVecEnv", "SubprocVecEnv")
+    if resolve_vector_env(PPO_ARGS.vector_env, env_id, PPO_ENVS) == "async"
+    else ("DummyVecEnv",)
+    for env_id in ("CartPole-v1", "highway-fast-v0")
+}
 
 
 @dataclass(frozen=True)
@@ -254,14 +270,35 @@ class Run:
         return statistics.mean(self.returns)
 
 
-def clock() -> tuple[float, float]:
-    """(wall, this process's CPU) seconds."""
-    return time.perf_counter(), time.process_time()
+def _descendants_cpu() -> float:
+    """CPU seconds of this process's live descendants (environment worker processes; SB3's
+    forkserver ones are grandchildren), from /proc; 0 where there is no /proc."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields_ = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        pid = int(stat.parent.name)
+        parents[pid], ticks[pid] = int(fields_[1]), int(fields_[11]) + int(fields_[12])
+    mine, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - mine
+        mine |= frontier
+    return sum(ticks[pid] for pid in mine) / os.sysconf("SC_CLK_TCK")
 
 
-def since(started: tuple[float, float]) -> tuple[float, float]:
-    """Wall and CPU seconds since ``started`` (a ``clock()``)."""
-    wall, cpu = clock()
+def clock(workers: bool = False) -> tuple[float, float]:
+    """(wall, CPU) seconds; CPU is this process's, plus its live descendants' with ``workers``
+    (environment worker processes; not for the instrumentation runs, whose descendants
+    include the local stack's MinIO)."""
+    return time.perf_counter(), time.process_time() + (_descendants_cpu() if workers else 0.0)
+
+
+def since(started: tuple[float, float], workers: bool = False) -> tuple[float, float]:
+    """Wall and CPU seconds since ``started`` (a ``clock(workers)``)."""
+    wall, cpu = clock(workers)
     return wall - started[0], cpu - started[1]
 
 
@@ -290,22 +327,25 @@ def _torch_policy(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[np.n
     return policy
 
 
-def sb3_vec_env(env_id: str, num_envs: int, seed: int, config: dict[str, Any]) -> Any:
-    """SB3's counterpart of ``make_vector_env``: ``make_env`` copies in a ``DummyVecEnv``."""
+def sb3_vec_env(
+    env_id: str, num_envs: int, seed: int, config: dict[str, Any], vec_env: str = "DummyVecEnv"
+) -> Any:
+    """SB3's counterpart of ``make_vector_env``: ``make_env`` copies in a ``DummyVecEnv`` (in
+    this process) or a ``SubprocVecEnv`` (a worker process each, SB3's default start method)."""
+    from stable_baselines3.common import vec_env as sb3_vec_envs
     from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
 
-    return DummyVecEnv(
+    return getattr(sb3_vec_envs, vec_env)(
         [lambda i=i: Monitor(make_env(env_id, config, seed + i)) for i in range(num_envs)]
     )
 
 
 def kexp_ppo(env_id: str, config: dict[str, Any], steps: int, seed: int, episodes: int) -> Run:
     seed_everything(seed)
-    envs = make_vector_env(env_id, PPO_ENVS, seed, config)
-    started = clock()
+    envs = make_vector_env(env_id, PPO_ENVS, seed, config, PPO_ARGS.vector_env)
+    started = clock(workers=True)
     state = ppo.train(envs, PPO_ARGS, steps, CPU)
-    seconds, cpu_seconds = since(started)
+    seconds, cpu_seconds = since(started, workers=True)
     envs.close()
     assert state.step == steps, (state.step, steps)
     returns = greedy_returns(
@@ -314,11 +354,18 @@ def kexp_ppo(env_id: str, config: dict[str, Any], steps: int, seed: int, episode
     return Run("kexp", steps, seconds, cpu_seconds, returns)
 
 
-def sb3_ppo(env_id: str, config: dict[str, Any], steps: int, seed: int, episodes: int) -> Run:
+def sb3_ppo(
+    env_id: str,
+    config: dict[str, Any],
+    steps: int,
+    seed: int,
+    episodes: int,
+    vec_env: str = "DummyVecEnv",
+) -> Run:
     from stable_baselines3 import PPO
 
     seed_everything(seed)
-    venv = sb3_vec_env(env_id, PPO_ENVS, seed, config)
+    venv = sb3_vec_env(env_id, PPO_ENVS, seed, config, vec_env)
     model = PPO(
         "MlpPolicy",
         venv,
@@ -327,9 +374,9 @@ def sb3_ppo(env_id: str, config: dict[str, Any], steps: int, seed: int, episodes
         verbose=0,
         **sb3_ppo_kwargs(PPO_ARGS, PPO_ENVS, steps),
     )
-    started = clock()
+    started = clock(workers=True)
     model.learn(total_timesteps=steps)
-    seconds, cpu_seconds = since(started)
+    seconds, cpu_seconds = since(started, workers=True)
     venv.close()
     assert model.num_timesteps == steps, (model.num_timesteps, steps)
     returns = greedy_returns(
@@ -338,7 +385,13 @@ def sb3_ppo(env_id: str, config: dict[str, Any], steps: int, seed: int, episodes
         episodes,
         seed,
     )
-    return Run("sb3", steps, seconds, cpu_seconds, returns)
+    return Run(
+        "sb3" if vec_env == "DummyVecEnv" else f"sb3 {vec_env}",
+        steps,
+        seconds,
+        cpu_seconds,
+        returns,
+    )
 
 
 def kexp_sac(env_id: str, steps: int, seed: int, episodes: int) -> Run:
@@ -559,25 +612,46 @@ def interleaved(
 ) -> Comparison:
     """A, B, A, B ... ``repeats`` times each, after an untimed ``warmup`` (first calls into
     torch, gymnasium and SB3 pay one-off costs that would otherwise fall on A's first run)."""
+    return interleaved_many(name, repeats, a, [(name, b)], log, warmup)[0]
+
+
+def interleaved_many(
+    label: str,
+    repeats: int,
+    a: Callable[[], Run],
+    others: list[tuple[str, Callable[[], Run]]],
+    log: Callable[[str], None],
+    warmup: Callable[[], object] | None = None,
+) -> list[Comparison]:
+    """``interleaved`` with several B sides: A, B1, B2, A, B1, B2 ...; one comparison per
+    (name, B), all with the same A runs (logged under ``label``)."""
     if warmup is not None:
         warmup()
-    comparison = Comparison(name)
+    comparisons = [Comparison(name) for name, _ in others]
+
+    def record(name: str, i: int, result: Run) -> None:
+        extra = (
+            f", end to end {result.steps / result.total_seconds:.0f} steps/s"
+            if result.total_seconds
+            else ""
+        )
+        log(
+            f"  {name} [{i + 1}/{repeats}] {result.side}: {result.steps} steps in "
+            f"{result.seconds:.1f}s = {result.sps:.0f} steps/s ({result.cpu_sps:.0f} per CPU "
+            f"second){extra}; greedy return "
+            f"{result.mean_return:.1f}"
+        )
+
     for i in range(repeats):
-        for run, runs in ((a, comparison.a), (b, comparison.b)):
+        result = a()
+        record(label, i, result)
+        for c in comparisons:
+            c.a.append(result)
+        for (name, run), c in zip(others, comparisons, strict=True):
             result = run()
-            runs.append(result)
-            extra = (
-                f", end to end {result.steps / result.total_seconds:.0f} steps/s"
-                if result.total_seconds
-                else ""
-            )
-            log(
-                f"  {name} [{i + 1}/{repeats}] {result.side}: {result.steps} steps in "
-                f"{result.seconds:.1f}s = {result.sps:.0f} steps/s ({result.cpu_sps:.0f} per CPU "
-                f"second){extra}; greedy return "
-                f"{result.mean_return:.1f}"
-            )
-    return comparison
+            c.b.append(result)
+            record(name, i, result)
+    return comparisons
 
 
 def _median(runs: list[Run], rate: Callable[[Run], float]) -> float:
@@ -657,14 +731,15 @@ def summarise_overhead(c: Comparison) -> dict[str, Any]:
 
 def print_table(speed: list[dict[str, Any]], overhead: dict[str, Any] | None, header: str) -> None:
     """The side-by-side table and the verdicts."""
+    w = max([27] + [len(s["name"]) + 2 for s in speed])
     print(header)
     print(
-        f"{'comparison':<27}{'steps':>7}{'kexp steps/s':>14}{'SB3 steps/s':>13}{'kexp/SB3':>10}"
+        f"{'comparison':<{w}}{'steps':>7}{'kexp steps/s':>14}{'SB3 steps/s':>13}{'kexp/SB3':>10}"
         f"{'(CPU time)':>12}{'kexp return':>17}{'SB3 return':>17}  equal return?"
     )
     for s in speed:
         print(
-            f"{s['name']:<27}{s['steps']:>7}{s['kexp_sps']:>14.0f}{s['sb3_sps']:>13.0f}"
+            f"{s['name']:<{w}}{s['steps']:>7}{s['kexp_sps']:>14.0f}{s['sb3_sps']:>13.0f}"
             f"{s['speedup']:>9.2f}x{s['speedup_cpu']:>11.2f}x"
             f"{s['kexp_return']:>10.1f} ± {s['kexp_return_std']:<5.1f}"
             f"{s['sb3_return']:>10.1f} ± {s['sb3_return_std']:<5.1f}"
@@ -673,16 +748,16 @@ def print_table(speed: list[dict[str, Any]], overhead: dict[str, Any] | None, he
     if overhead is not None:
         o = overhead
         print(
-            f"\n{'instrumentation':<27}{'steps':>7}{'off steps/s':>14}{'on steps/s':>13}"
+            f"\n{'instrumentation':<{w}}{'steps':>7}{'off steps/s':>14}{'on steps/s':>13}"
             f"{'overhead':>10}{'(CPU time)':>12}{'off return':>17}{'on return':>17}"
         )
         print(
-            f"{o['name'] + ', training':<27}{o['steps']:>7}{o['off_sps']:>14.0f}"
+            f"{o['name'] + ', training':<{w}}{o['steps']:>7}{o['off_sps']:>14.0f}"
             f"{o['on_sps']:>13.0f}{100 * o['overhead']:>9.1f}%{100 * o['overhead_cpu']:>11.1f}%"
             f"{o['off_return']:>17.1f}{o['on_return']:>17.1f}"
         )
         print(
-            f"{o['name'] + ', end to end':<27}{o['steps']:>7}{o['off_end_to_end_sps']:>14.0f}"
+            f"{o['name'] + ', end to end':<{w}}{o['steps']:>7}{o['off_end_to_end_sps']:>14.0f}"
             f"{o['on_end_to_end_sps']:>13.0f}{100 * o['overhead_end_to_end']:>9.1f}%"
             f"{100 * o['overhead_end_to_end_cpu']:>11.1f}%"
         )
@@ -751,11 +826,20 @@ def main() -> None:
             continue
         steps = ppo_steps(steps_total, PPO_ENVS, PPO_ARGS.n_steps)
         repeats = args.repeats if key == "cartpole" else args.slow_repeats
-        c = interleaved(
-            f"PPO {env_id} ({PPO_ENVS} envs)",
+        label = f"PPO {env_id} ({PPO_ENVS} envs)"
+        kexp_mode = resolve_vector_env(PPO_ARGS.vector_env, env_id, PPO_ENVS)
+        vec_envs = SB3_VEC_ENVS[env_id]
+        comparisons = interleaved_many(
+            label,
             repeats,
             lambda e=env_id, s=steps, cf=config: kexp_ppo(e, cf, s, seed, episodes),
-            lambda e=env_id, s=steps, cf=config: sb3_ppo(e, cf, s, seed, episodes),
+            [
+                (
+                    label if len(vec_envs) == 1 else f"{label}, kexp {kexp_mode} vs SB3 {v}",
+                    lambda e=env_id, s=steps, cf=config, v=v: sb3_ppo(e, cf, s, seed, episodes, v),
+                )
+                for v in vec_envs
+            ],
             log,
             # highway's own steps dwarf the one-off costs, which CartPole's warm-up pays anyway
             warmup=(
@@ -767,7 +851,8 @@ def main() -> None:
             if key == "cartpole"
             else None,
         )
-        speed.append(summarise_speed(c))
+        for c, v in zip(comparisons, vec_envs, strict=True):
+            speed.append({**summarise_speed(c), "kexp_vector_env": kexp_mode, "sb3_vec_env": v})
     if "pendulum" in only:
         c = interleaved(
             "SAC Pendulum-v1 (1 env)",

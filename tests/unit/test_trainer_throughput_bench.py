@@ -124,10 +124,12 @@ def test_sac_network_and_optimisers_are_kexps() -> None:
     s = sac.new_state(_envs(gym.spaces.Box(-2.0, 2.0, (1,))), args, torch.device("cpu"))
     actor_widths = [m.out_features for m in s.actor.body if isinstance(m, nn.Linear)]
     actor_acts = {type(m) for m in s.actor.body if not isinstance(m, nn.Linear)}
-    q_widths, q_acts = _mlp(s.q1.net)
+    # The two critics are one batched ensemble (sac.TwinQ): weights [n_critics, in, out].
+    q_widths = [w.shape[-1] for w in s.q.weights][:-1]
+    q_acts = {type(s.q.activation)}
     assert policy["net_arch"] == actor_widths == q_widths == [256, 256]
     assert actor_acts == q_acts == {policy["activation_fn"]} == {nn.ReLU}
-    assert policy["n_critics"] == 2  # q1, q2 (and their targets)
+    assert policy["n_critics"] == 2 == s.q.weights[0].shape[0] == s.q_target.weights[0].shape[0]
     for opt in (s.actor_opt, s.q_opt, s.alpha_opt):
         assert type(opt) is policy["optimizer_class"] is torch.optim.Adam
         assert opt.param_groups[0]["eps"] == policy["optimizer_kwargs"]["eps"]
@@ -136,6 +138,17 @@ def test_sac_network_and_optimisers_are_kexps() -> None:
     assert s.q_opt.param_groups[0]["lr"] == s.alpha_opt.param_groups[0]["lr"]
     assert s.q_opt.param_groups[0]["lr"] == kw["q_learning_rate"]
     assert float(s.log_alpha.detach().exp()) == 1.0  # SB3's "auto" starts at 1.0 too
+
+
+def test_sb3_runs_on_worker_processes_wherever_kexp_does() -> None:
+    # kexp's default vector env (auto) steps highway-env's copies in worker processes, so SB3
+    # gets a SubprocVecEnv row there; both in-process on CartPole, where workers only cost.
+    assert tt.PPO_ARGS.vector_env == "auto"
+    assert tt.SB3_VEC_ENVS["CartPole-v1"] == ("DummyVecEnv",)
+    for env_id, vec_envs in tt.SB3_VEC_ENVS.items():
+        kexp = tt.resolve_vector_env(tt.PPO_ARGS.vector_env, env_id, tt.PPO_ENVS)
+        assert vec_envs[0] == "DummyVecEnv"  # SB3's make_vec_env default, always a row
+        assert ("SubprocVecEnv" in vec_envs) == (kexp == "async"), env_id
 
 
 def test_spec_hyperparameters_round_trip() -> None:

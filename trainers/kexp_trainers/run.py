@@ -221,7 +221,11 @@ def train_run(
         args = args_type.from_hyperparameters(config.hyperparameters)
         env_config = dict(env_spec.get("config") or {})
         envs = make_vector_env(
-            env_spec["id"], int(env_spec.get("numEnvs", 1)), config.seed, env_config
+            env_spec["id"],
+            int(env_spec.get("numEnvs", 1)),
+            config.seed,
+            env_config,
+            getattr(args, "vector_env", "auto"),  # PPO's (and GAIL's generator's) choice
         )
         # The same factory as training's, so evaluation sees the same observations (and, for
         # driving environments, reports the AD metrics _scores reads).
@@ -229,152 +233,155 @@ def train_run(
         algo.new_state(envs, args, torch.device("cpu"))  # refuses an action space it cannot use
     except ValueError as exc:
         raise ConfigError(str(exc), str(exc).split(":", 1)[0]) from exc
-    rank, world_size = _rank(), _world_size()
-    if world_size > 1 and algorithm != "BC":
-        raise ConfigError(
-            f"spec.resources.nodes: only BC trains data-parallel over several processes; "
-            f"run {algorithm} on one node",
-            "spec.resources.nodes",
-        )
-    expert = None
-    if algorithm in IMITATION_ALGORITHMS:
-        expert = load_expert_data(store.client, config.spec, envs)
-        if hasattr(algo, "check_expert"):
+    try:
+        rank, world_size = _rank(), _world_size()
+        if world_size > 1 and algorithm != "BC":
+            raise ConfigError(
+                f"spec.resources.nodes: only BC trains data-parallel over several processes; "
+                f"run {algorithm} on one node",
+                "spec.resources.nodes",
+            )
+        expert = None
+        if algorithm in IMITATION_ALGORITHMS:
+            expert = load_expert_data(store.client, config.spec, envs)
+            if hasattr(algo, "check_expert"):
+                try:
+                    algo.check_expert(expert, args, world_size)
+                except ValueError as exc:
+                    raise ConfigError(str(exc), str(exc).split(":", 1)[0]) from exc
+        init_uri = os.environ.get(contract.ENV_INIT_CHECKPOINT) or config.init_checkpoint
+        if getattr(algo, "REQUIRES_INIT_CHECKPOINT", False) and not init_uri:
+            raise ConfigError(
+                f"spec.initFrom: {algorithm} fine-tunes a trained policy; set spec.initFrom to "
+                f"the BC experiment it starts from (no ${contract.ENV_INIT_CHECKPOINT} was given)",
+                "spec.initFrom",
+            )
+        if init_uri and not hasattr(algo, "warm_start"):
+            raise ConfigError(
+                f"spec.initFrom: {algorithm} cannot warm-start from another run's checkpoint",
+                "spec.initFrom",
+            )
+
+        device = pick_device()
+        if world_size > 1:
+            device = _join_process_group(device)
+        state = None
+        found = store.latest()
+        episodes = int((config.spec.get("evaluation") or {}).get("episodes", 10))
+        if found is not None:
+            step, key = found
+            saved = torch.load(
+                store.download(key, workdir / "resume.pt"), map_location="cpu", weights_only=False
+            )
+            state = algo.load_state(saved, envs, args, device)
+            log.info("resumed from %s at step %d", key, step)
+        elif init_uri:
+            saved = load_init_checkpoint(store.client, init_uri, workdir / "init.pt")
+            state = algo.new_state(envs, args, device)
             try:
-                algo.check_expert(expert, args, world_size)
+                algo.warm_start(state, saved)
             except ValueError as exc:
-                raise ConfigError(str(exc), str(exc).split(":", 1)[0]) from exc
-    init_uri = os.environ.get(contract.ENV_INIT_CHECKPOINT) or config.init_checkpoint
-    if getattr(algo, "REQUIRES_INIT_CHECKPOINT", False) and not init_uri:
-        raise ConfigError(
-            f"spec.initFrom: {algorithm} fine-tunes a trained policy; set spec.initFrom to "
-            f"the BC experiment it starts from (no ${contract.ENV_INIT_CHECKPOINT} was given)",
-            "spec.initFrom",
+                raise ConfigError(str(exc), "spec.initFrom") from exc
+            if rank == 0:
+                # Evidence that the run starts from the policy it was given, not from scratch.
+                returns = algo.evaluate(
+                    state, eval_env, min(episodes, INIT_EVAL_EPISODES), config.seed, device
+                )
+                init_reward = sum(r for r, _ in returns) / len(returns)
+                reporter.log(0, {"init_reward": init_reward})
+                log.info(
+                    "warm-started from %s (%s); its greedy reward %.4g over %d episodes",
+                    init_uri,
+                    saved.get("algorithm", "checkpoint"),
+                    init_reward,
+                    len(returns),
+                )
+
+        saved_steps: set[int] = set()
+
+        def checkpoint(s: Any) -> None:
+            if rank != 0 or s.step in saved_steps:
+                return  # rank 0 checkpoints for all; the last periodic one may be the final one
+            saved_steps.add(s.step)
+            path = workdir / f"step-{s.step}.pt"
+            torch.save(algo.state_dict(s), path)
+            store.save(s.step, path, best=True)
+
+        def update(step: int, stats: dict[str, float]) -> None:
+            if rank != 0:
+                return
+            metrics.steps.inc(step - update.last)  # type: ignore[attr-defined]
+            update.last = step  # type: ignore[attr-defined]
+            metrics.steps_per_second.set(stats.get("sps", 0.0))
+            if "episode_reward" in stats:
+                metrics.episode_reward.set(stats["episode_reward"])
+            for name in LOSSES:
+                if name in stats:
+                    metrics.loss(name, stats[name])
+            if device.type == "cuda":
+                metrics.gpu_memory_bytes.set(torch.cuda.memory_allocated(device))
+            reporter.log(step, stats)
+            now = time.monotonic()
+            if now - update.logged >= LOG_EVERY_S or step >= config.total_steps:  # type: ignore[attr-defined]
+                update.logged = now  # type: ignore[attr-defined]
+                shown = ("episode_reward", "bc_loss", "val_loss", "disc_loss")
+                log.info(
+                    "step %d/%d (%.0f%%) %.0f steps/s%s",
+                    step,
+                    config.total_steps,
+                    100.0 * step / config.total_steps,
+                    stats.get("sps", 0.0),
+                    "".join(f" {k} {stats[k]:.4g}" for k in shown if k in stats),
+                )
+
+        update.last = state.step if state else 0  # type: ignore[attr-defined]
+        log.info(
+            "training %s on %s for %d steps on %s%s",
+            algorithm,
+            env_spec["id"],
+            config.total_steps,
+            device,
+            f" ({world_size} processes)" if world_size > 1 else "",
         )
-    if init_uri and not hasattr(algo, "warm_start"):
-        raise ConfigError(
-            f"spec.initFrom: {algorithm} cannot warm-start from another run's checkpoint",
-            "spec.initFrom",
+        update.logged = time.monotonic()  # type: ignore[attr-defined]
+        every = (config.spec.get("training") or {}).get("checkpointEvery")
+        state = algo.train(
+            envs,
+            args,
+            config.total_steps,
+            device,
+            state=state,
+            on_update=update,
+            on_checkpoint=checkpoint,
+            checkpoint_every=every,
+            **({"expert": expert} if expert is not None else {}),
         )
-
-    device = pick_device()
-    if world_size > 1:
-        device = _join_process_group(device)
-    state = None
-    found = store.latest()
-    episodes = int((config.spec.get("evaluation") or {}).get("episodes", 10))
-    if found is not None:
-        step, key = found
-        saved = torch.load(
-            store.download(key, workdir / "resume.pt"), map_location="cpu", weights_only=False
-        )
-        state = algo.load_state(saved, envs, args, device)
-        log.info("resumed from %s at step %d", key, step)
-    elif init_uri:
-        saved = load_init_checkpoint(store.client, init_uri, workdir / "init.pt")
-        state = algo.new_state(envs, args, device)
-        try:
-            algo.warm_start(state, saved)
-        except ValueError as exc:
-            raise ConfigError(str(exc), "spec.initFrom") from exc
-        if rank == 0:
-            # Evidence that the run starts from the policy it was given, not from scratch.
-            returns = algo.evaluate(
-                state, eval_env, min(episodes, INIT_EVAL_EPISODES), config.seed, device
-            )
-            init_reward = sum(r for r, _ in returns) / len(returns)
-            reporter.log(0, {"init_reward": init_reward})
-            log.info(
-                "warm-started from %s (%s); its greedy reward %.4g over %d episodes",
-                init_uri,
-                saved.get("algorithm", "checkpoint"),
-                init_reward,
-                len(returns),
-            )
-
-    saved_steps: set[int] = set()
-
-    def checkpoint(s: Any) -> None:
-        if rank != 0 or s.step in saved_steps:
-            return  # rank 0 checkpoints for all; the last periodic one may be the final one
-        saved_steps.add(s.step)
-        path = workdir / f"step-{s.step}.pt"
-        torch.save(algo.state_dict(s), path)
-        store.save(s.step, path, best=True)
-
-    def update(step: int, stats: dict[str, float]) -> None:
+        checkpoint(state)
         if rank != 0:
+            log.info("trained to step %d; rank 0 evaluates and reports", state.step)
             return
-        metrics.steps.inc(step - update.last)  # type: ignore[attr-defined]
-        update.last = step  # type: ignore[attr-defined]
-        metrics.steps_per_second.set(stats.get("sps", 0.0))
-        if "episode_reward" in stats:
-            metrics.episode_reward.set(stats["episode_reward"])
-        for name in LOSSES:
-            if name in stats:
-                metrics.loss(name, stats[name])
-        if device.type == "cuda":
-            metrics.gpu_memory_bytes.set(torch.cuda.memory_allocated(device))
-        reporter.log(step, stats)
-        now = time.monotonic()
-        if now - update.logged >= LOG_EVERY_S or step >= config.total_steps:  # type: ignore[attr-defined]
-            update.logged = now  # type: ignore[attr-defined]
-            shown = ("episode_reward", "bc_loss", "val_loss", "disc_loss")
-            log.info(
-                "step %d/%d (%.0f%%) %.0f steps/s%s",
-                step,
-                config.total_steps,
-                100.0 * step / config.total_steps,
-                stats.get("sps", 0.0),
-                "".join(f" {k} {stats[k]:.4g}" for k in shown if k in stats),
-            )
-
-    update.last = state.step if state else 0  # type: ignore[attr-defined]
-    log.info(
-        "training %s on %s for %d steps on %s%s",
-        algorithm,
-        env_spec["id"],
-        config.total_steps,
-        device,
-        f" ({world_size} processes)" if world_size > 1 else "",
-    )
-    update.logged = time.monotonic()  # type: ignore[attr-defined]
-    every = (config.spec.get("training") or {}).get("checkpointEvery")
-    state = algo.train(
-        envs,
-        args,
-        config.total_steps,
-        device,
-        state=state,
-        on_update=update,
-        on_checkpoint=checkpoint,
-        checkpoint_every=every,
-        **({"expert": expert} if expert is not None else {}),
-    )
-    checkpoint(state)
-    if rank != 0:
-        log.info("trained to step %d; rank 0 evaluates and reports", state.step)
-        return
-    log.info("trained to step %d; evaluating", state.step)
-    scores = _scores(algo.evaluate(state, eval_env, episodes, config.seed, device))
-    for name, value in scores.items():
-        metrics.eval_score(name, value)
-    log.info(
-        "evaluation over %d episodes: %s",
-        episodes,
-        ", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())),
-    )
-    store.close()
-    latest = store.uri(contract.step_checkpoint(state.step))
-    reporter.finish(
-        scores,
-        checkpoints=CheckpointsReport(
-            latest=latest, best=store.uri(contract.BEST_CHECKPOINT), best_step=state.step
-        ),
-        environment=environment_report(
-            config.seed, (config.spec.get("source") or {}).get("commit")
-        ),
-    )
+        log.info("trained to step %d; evaluating", state.step)
+        scores = _scores(algo.evaluate(state, eval_env, episodes, config.seed, device))
+        for name, value in scores.items():
+            metrics.eval_score(name, value)
+        log.info(
+            "evaluation over %d episodes: %s",
+            episodes,
+            ", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())),
+        )
+        store.close()
+        latest = store.uri(contract.step_checkpoint(state.step))
+        reporter.finish(
+            scores,
+            checkpoints=CheckpointsReport(
+                latest=latest, best=store.uri(contract.BEST_CHECKPOINT), best_step=state.step
+            ),
+            environment=environment_report(
+                config.seed, (config.spec.get("source") or {}).get("commit")
+            ),
+        )
+    finally:
+        envs.close()  # AsyncVectorEnv's worker processes end here, not at exit
 
 
 def main() -> int:

@@ -1,15 +1,19 @@
-"""What the algorithms truly share: GAE, the PPO and imitation loss terms, environment making.
+"""What the algorithms truly share: GAE, the PPO and imitation loss terms, Adam, environments.
 
-The functions here are pure tensor code, tested against hand-computed values.
+The math functions here are pure array code, tested against hand-computed values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,32 +43,30 @@ def args_from_hyperparameters(cls: type[T], hp: Mapping[str, Any], algorithm: st
 
 
 def gae(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    dones: torch.Tensor,
-    next_value: torch.Tensor,
-    next_done: torch.Tensor,
+    rewards: np.ndarray,
+    values: np.ndarray,
+    dones: np.ndarray,
+    next_value: np.ndarray,
+    next_done: np.ndarray,
     gamma: float,
     lam: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimates and returns for a [T, N] rollout.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimates and returns for a [T, N] rollout (numpy arrays).
 
     ``dones[t]`` says that the observation at step t began a new episode (CleanRL's
     convention), so step t-1's bootstrap is cut there; ``next_value``/``next_done`` describe
-    the observation after the last step.
+    the observation after the last step. Rollouts live in numpy (see ``ppo.train``): the
+    T-step recursion is many tiny operations, which numpy does with far less overhead than
+    torch.
     """
-    steps = rewards.shape[0]
-    advantages = torch.zeros_like(rewards)
-    last = torch.zeros_like(next_value)
-    for t in reversed(range(steps)):
-        if t == steps - 1:
-            nonterminal = 1.0 - next_done
-            following = next_value
-        else:
-            nonterminal = 1.0 - dones[t + 1]
-            following = values[t + 1]
-        delta = rewards[t] + gamma * following * nonterminal - values[t]
-        last = delta + gamma * lam * nonterminal * last
+    nonterminal = 1.0 - np.concatenate([dones[1:], next_done[None]])
+    following = np.concatenate([values[1:], next_value[None]])
+    deltas = rewards + gamma * following * nonterminal - values
+    decay = gamma * lam * nonterminal
+    advantages = np.empty_like(deltas)
+    last = np.zeros_like(deltas[0])
+    for t in range(len(deltas) - 1, -1, -1):
+        last = deltas[t] + decay[t] * last
         advantages[t] = last
     return advantages, advantages + values
 
@@ -97,20 +99,100 @@ def bc_loss(policy_out: torch.Tensor, actions: torch.Tensor, discrete: bool) -> 
     return F.mse_loss(policy_out, actions.reshape(policy_out.shape))
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int, config: dict[str, Any]) -> Any:
-    """``num_envs`` copies of ``env_id`` stepped in-process, resetting within the same step.
+def adam(params: Iterable[torch.Tensor], **kwargs: Any) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with its fused kernel (one kernel for all parameters, CPU included
+    since torch 2.4), else its multi-tensor (foreach) path: the same arithmetic, less
+    per-parameter Python and dispatch overhead than the default per-tensor loop."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, fused=True, **kwargs)
+    except RuntimeError:  # a device or dtype without the fused kernel
+        return torch.optim.Adam(params, foreach=True, **kwargs)
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Treat subnormal floats (below 1.2e-38) as zero on this thread while inside (also a
+    function decorator); torch's default (off) again on the way out.
+
+    Adam's running mean of a weight whose gradient stays zero (a dead ReLU unit) decays
+    geometrically into that range, and every CPU operation on such a number takes a slow
+    microcode path: a fifth of SAC's update time on Pendulum-v1. Numbers that small change
+    no update.
+    """
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(False)
+
+
+#: ``make_vector_env``'s ways of stepping the copies (PPOArgs.vector_env).
+VECTOR_ENVS = ("auto", "sync", "async")
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on: its affinity, capped by a cgroup v2 quota (a pod's
+    CPU limit, which neither ``os.cpu_count`` nor the affinity shows)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def resolve_vector_env(mode: str, env_id: str, num_envs: int) -> str:
+    """``"sync"`` or ``"async"`` for ``mode`` (one of ``VECTOR_ENVS``).
+
+    ``auto`` steps the copies in worker processes (``async``) only where that pays: more than
+    one copy, more than one usable CPU, and an environment whose own step dominates (highway-env
+    ids; a classic-control step takes microseconds, less than the pipe to a worker costs).
+    """
+    if mode not in VECTOR_ENVS:
+        raise ValueError(
+            f"spec.hyperparameters.vectorEnv: {mode!r} is not one of {', '.join(VECTOR_ENVS)}"
+        )
+    if mode != "auto":
+        return mode
+    from kexp_trainers.envs.highway import is_highway_env
+
+    expensive = is_highway_env(env_id)
+    return "async" if num_envs > 1 and _usable_cpus() > 1 and expensive else "sync"
+
+
+def make_vector_env(
+    env_id: str, num_envs: int, seed: int, config: dict[str, Any], vector_env: str = "auto"
+) -> Any:
+    """``num_envs`` copies of ``env_id``, resetting within the same step.
+
+    ``vector_env`` (``VECTOR_ENVS``, see ``resolve_vector_env``) says whether the copies step
+    in this process (gymnasium's ``SyncVectorEnv``) or one worker process each
+    (``AsyncVectorEnv``); both give the same observations, rewards and ``info`` (the
+    ``final_obs`` of same-step resets, RecordEpisodeStatistics' ``episode``). Close the result
+    to end the workers.
 
     Each copy comes from ``envs.highway.make_env``, the factory the evaluation and the dataset
     command use too, so observations (flat float32 for highway-env) are the same everywhere.
     Raises ValueError naming spec.environment.id (or .config) for an id or setting that
-    does not exist.
+    does not exist (``AsyncVectorEnv`` builds one copy in this process first, so its errors
+    are raised here too).
     """
     from kexp_trainers.envs.highway import make_env
 
-    envs = gym.vector.SyncVectorEnv(
-        [lambda i=i: make_env(env_id, config, seed + i) for i in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    fns = [lambda i=i: make_env(env_id, config, seed + i) for i in range(num_envs)]
+    same_step = gym.vector.AutoresetMode.SAME_STEP
+    envs: Any
+    if resolve_vector_env(vector_env, env_id, num_envs) == "async":
+        envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=same_step)
+    else:
+        envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=same_step)
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     envs.reset(seed=seed)
     envs.action_space.seed(seed)

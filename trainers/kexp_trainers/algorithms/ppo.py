@@ -8,6 +8,11 @@ GAIL and CIMRL are PPO with a hook each: ``relabel`` replaces the environment's 
 rollout (GAIL's discriminator reward), ``extra_loss`` adds a term to every minibatch's loss
 (CIMRL's imitation term). ``warm_start`` loads another run's actor (``spec.initFrom``), e.g.
 a BC policy, which uses this file's ``Agent`` for exactly that reason.
+
+Speed (``bench/trainer_throughput.py``): rollouts live in numpy buffers and GAE runs in numpy;
+the policy's log-probabilities and entropies are written out rather than built as
+``torch.distributions`` objects (the same formulas, without per-step construction and argument
+checks); Adam is fused; losses are read out (``.item()``) once per update, not per minibatch.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Categorical, Normal
 
 from kexp_trainers.algorithms.common import (
+    VECTOR_ENVS,
+    adam,
     args_from_hyperparameters,
     clipped_policy_loss,
     gae,
@@ -36,7 +43,16 @@ METRICS = ("episode_reward", "policy_loss", "value_loss", "entropy", "approx_kl"
 
 @dataclass(frozen=True)
 class PPOArgs:
-    """PPO's hyperparameters; names are the camelCase keys of spec.hyperparameters."""
+    """PPO's hyperparameters; names are the camelCase keys of spec.hyperparameters.
+
+    ``vector_env`` (``vectorEnv``) is how the ``numEnvs`` copies of the environment step:
+    ``sync`` one after another in the trainer's process (gymnasium's ``SyncVectorEnv``),
+    ``async`` in one worker process each (``AsyncVectorEnv``: the copies step in parallel, at
+    the cost of a pipe round trip per step), ``auto`` (the default) ``async`` when there is
+    more than one copy, more than one usable CPU (affinity and cgroup quota) and the
+    environment is highway-env's (whose own step is milliseconds), else ``sync``. Learning is
+    the same either way (same seeds, observations, same-step resets); it only changes speed.
+    """
 
     learning_rate: float = 2.5e-4
     n_steps: int = 128  # rollout length per environment
@@ -50,11 +66,32 @@ class PPOArgs:
     max_grad_norm: float = 0.5
     anneal_lr: bool = True
     hidden: int = 64
+    vector_env: str = "auto"  # sync | async | auto: see the class docstring
+
+    def __post_init__(self) -> None:
+        if self.vector_env not in VECTOR_ENVS:
+            raise ValueError(
+                f"spec.hyperparameters.vectorEnv: {self.vector_env!r} is not one of "
+                f"{', '.join(VECTOR_ENVS)}"
+            )
 
     @classmethod
     def from_hyperparameters(cls, hp: Mapping[str, Any]) -> PPOArgs:
         """Read camelCase spec.hyperparameters; unknown keys are refused, naming the field."""
         return args_from_hyperparameters(cls, hp, "PPO")
+
+
+_HALF_LOG_2PI = 0.5 * float(np.log(2 * np.pi))
+
+
+def _mlp(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``net(x)`` for the actor's and critic's Linear-Tanh-Linear-Tanh-Linear, called as
+    functions: the same arithmetic without nn.Module's per-call hooks, which cost more than
+    the matmuls of a 64-wide MLP on a few observations."""
+    first, _, second, _, head = net
+    x = torch.tanh(F.linear(x, first.weight, first.bias))
+    x = torch.tanh(F.linear(x, second.weight, second.bias))
+    return F.linear(x, head.weight, head.bias)
 
 
 def _layer(inputs: int, outputs: int, std: float = np.sqrt(2)) -> nn.Linear:
@@ -98,30 +135,46 @@ class Agent(nn.Module):
             self.log_std = nn.Parameter(torch.zeros(1, out))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs).squeeze(-1)
+        return _mlp(self.critic, obs).squeeze(-1)
 
-    def dist(self, obs: torch.Tensor) -> Categorical | Normal:
-        out = self.actor(obs)
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(action, log-prob, value) of a sampled action: the rollout's path (no entropy)."""
+        out = _mlp(self.actor, obs)
         if self.discrete:
-            return Categorical(logits=out)
-        return Normal(out, self.log_std.expand_as(out).exp())
+            # Gumbel-max: argmax(logits + Gumbel noise) samples the categorical exactly; it is
+            # what torch.multinomial does on CPU (same draws), at half its cost for a few rows.
+            action = (out - torch.empty_like(out).exponential_().log()).argmax(-1)
+            logprob = out.log_softmax(-1).gather(-1, action.unsqueeze(-1)).squeeze(-1)
+            return action, logprob, self.value(obs)
+        noise = torch.randn_like(out)
+        action = out + self.log_std.exp() * noise
+        logprob = (-0.5 * noise.pow(2) - self.log_std - _HALF_LOG_2PI).sum(-1)
+        return action, logprob, self.value(obs)
 
-    def act(
-        self, obs: torch.Tensor, action: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(action, log-prob, entropy, value) for ``obs``; samples when ``action`` is None."""
-        dist = self.dist(obs)
-        if action is None:
-            action = dist.sample()
-        logprob, entropy = dist.log_prob(action), dist.entropy()
-        if not self.discrete:
-            logprob, entropy = logprob.sum(-1), entropy.sum(-1)
-        return action, logprob, entropy, self.value(obs)
+    def evaluate_actions(
+        self, obs: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-prob, entropy, value) of ``action`` taken at ``obs``: the update's path.
+
+        Categorical: log-softmax of the logits. Gaussian (independent dimensions, summed):
+        log N(a; mu, sigma) = -(a - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2, and the
+        entropy 1/2 + log(2 pi) / 2 + log sigma, the same for every observation.
+        """
+        out = _mlp(self.actor, obs)
+        if self.discrete:
+            logp_all = out.log_softmax(-1)
+            logprob = logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+            return logprob, entropy, self.value(obs)
+        z = (action - out) * (-self.log_std).exp()
+        logprob = (-0.5 * z.pow(2) - self.log_std - _HALF_LOG_2PI).sum(-1)
+        entropy = (0.5 + _HALF_LOG_2PI + self.log_std).sum(-1).expand(len(obs))
+        return logprob, entropy, self.value(obs)
 
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
         """The most likely action, for evaluation."""
-        dist = self.dist(obs)
-        return dist.probs.argmax(-1) if isinstance(dist, Categorical) else dist.mean
+        out = _mlp(self.actor, obs)
+        return out.argmax(-1) if self.discrete else out
 
 
 @dataclass
@@ -136,7 +189,7 @@ class TrainState:
 def new_state(envs: Any, args: PPOArgs, device: torch.device) -> TrainState:
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     agent = Agent(obs_dim, envs.single_action_space, args.hidden).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    optimizer = adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     return TrainState(agent, optimizer)
 
 
@@ -220,19 +273,25 @@ def train(
     if state is None:
         state = new_state(envs, args, device)
     agent, optimizer = state.agent, state.optimizer
+    params = list(agent.parameters())
     batch = num_envs * args.n_steps
     updates = max(1, total_steps // batch)
     act_shape = envs.single_action_space.shape
-    obs_buf = torch.zeros((args.n_steps, num_envs, obs_dim), device=device)
-    act_buf = torch.zeros((args.n_steps, num_envs, *act_shape), device=device)
-    logp_buf = torch.zeros((args.n_steps, num_envs), device=device)
-    rew_buf = torch.zeros((args.n_steps, num_envs), device=device)
-    done_buf = torch.zeros((args.n_steps, num_envs), device=device)
-    val_buf = torch.zeros((args.n_steps, num_envs), device=device)
+    act_dtype = np.int64 if agent.discrete else np.float32
+    # The rollout is numpy: per-step writes and GAE's recursion are many tiny operations.
+    obs_buf = np.zeros((args.n_steps, num_envs, obs_dim), np.float32)
+    act_buf = np.zeros((args.n_steps, num_envs, *act_shape), act_dtype)
+    logp_buf = np.zeros((args.n_steps, num_envs), np.float32)
+    rew_buf = np.zeros((args.n_steps, num_envs), np.float32)
+    done_buf = np.zeros((args.n_steps, num_envs), np.float32)
+    val_buf = np.zeros((args.n_steps, num_envs), np.float32)
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=device)
 
     raw, _ = envs.reset()
-    next_obs = torch.as_tensor(raw, dtype=torch.float32, device=device).reshape(num_envs, -1)
-    next_done = torch.zeros(num_envs, device=device)
+    next_obs = np.asarray(raw, dtype=np.float32).reshape(num_envs, obs_dim)
+    next_done = np.zeros(num_envs, np.float32)
     recent_returns: list[float] = []
     hook_stats: dict[str, float]
     last_checkpoint = state.step
@@ -243,18 +302,15 @@ def train(
         started = time.perf_counter()
         for t in range(args.n_steps):
             obs_buf[t], done_buf[t] = next_obs, next_done
-            with torch.no_grad():
-                action, logprob, _, value = agent.act(next_obs)
-            act_buf[t], logp_buf[t], val_buf[t] = action, logprob, value
+            with torch.inference_mode():
+                action, logprob, value = agent.sample(tensor(next_obs))
             env_action = action.cpu().numpy()
+            act_buf[t], logp_buf[t] = env_action, logprob.cpu().numpy()
+            val_buf[t] = value.cpu().numpy()
             raw, reward, terminated, truncated, info = envs.step(env_action)
-            rew_buf[t] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-            next_obs = torch.as_tensor(raw, dtype=torch.float32, device=device).reshape(
-                num_envs, -1
-            )
-            next_done = torch.as_tensor(
-                np.logical_or(terminated, truncated), dtype=torch.float32, device=device
-            )
+            rew_buf[t] = reward
+            next_obs = np.asarray(raw, dtype=np.float32).reshape(num_envs, obs_dim)
+            next_done = np.logical_or(terminated, truncated).astype(np.float32)
             if "episode" in info:
                 finished = info["_episode"]
                 recent_returns += [float(r) for r in info["episode"]["r"][finished]]
@@ -262,42 +318,44 @@ def train(
 
         rewards, hook_stats = rew_buf, {}
         if relabel is not None:
-            rewards, hook_stats = relabel(obs_buf, act_buf)
-        with torch.no_grad():
-            next_value = agent.value(next_obs)
+            relabelled, hook_stats = relabel(tensor(obs_buf), tensor(act_buf))
+            rewards = relabelled.detach().cpu().numpy().astype(np.float32)
+        with torch.inference_mode():
+            next_value = agent.value(tensor(next_obs)).cpu().numpy()
         advantages, returns = gae(
             rewards, val_buf, done_buf, next_value, next_done, args.gamma, args.gae_lambda
         )
-        b_obs = obs_buf.reshape(batch, obs_dim)
-        b_act = act_buf.reshape(batch, *act_shape)
-        b_logp, b_adv, b_ret = logp_buf.reshape(-1), advantages.reshape(-1), returns.reshape(-1)
-        stats: dict[str, float] = {}
+        b_obs = tensor(obs_buf.reshape(batch, obs_dim))
+        b_act = tensor(act_buf.reshape(batch, *act_shape))
+        b_logp = tensor(logp_buf.reshape(-1))
+        b_adv, b_ret = tensor(advantages.reshape(-1)), tensor(returns.reshape(-1))
+        extra_stats: dict[str, float] = {}
         for _ in range(args.n_epochs):
             for idx in torch.randperm(batch, device=device).split(args.batch_size):
-                _, logp, entropy, value = agent.act(b_obs[idx], b_act[idx])
+                logp, entropy, value = agent.evaluate_actions(b_obs[idx], b_act[idx])
                 adv = b_adv[idx]
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 pg = clipped_policy_loss(logp, b_logp[idx], adv, args.clip_range)
                 vf = value_loss(value, b_ret[idx])
                 ent = entropy.mean()
                 loss = pg + args.vf_coef * vf - args.ent_coef * ent
-                extra_stats: dict[str, float] = {}
                 if extra_loss is not None:
                     extra, extra_stats = extra_loss(agent, state.step)
                     loss = loss + extra
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
                 optimizer.step()
-                with torch.no_grad():
-                    kl = ((logp - b_logp[idx]).exp() - 1 - (logp - b_logp[idx])).mean()
-                stats = {
-                    "policy_loss": pg.item(),
-                    "value_loss": vf.item(),
-                    "entropy": ent.item(),
-                    "approx_kl": kl.item(),
-                    **extra_stats,
-                }
+        stats: dict[str, float] = {}
+        if args.n_epochs > 0:
+            # The last minibatch's terms, read once per update (a read waits for the values).
+            with torch.no_grad():
+                log_ratio = logp - b_logp[idx]
+                kl = (log_ratio.exp() - 1 - log_ratio).mean()
+                read = torch.stack([pg, vf, ent, kl]).tolist()
+            names = ("policy_loss", "value_loss", "entropy", "approx_kl")
+            stats = dict(zip(names, read, strict=True))
+        stats.update(extra_stats)
         stats.update(hook_stats)
         stats["sps"] = batch / (time.perf_counter() - started)
         if recent_returns:

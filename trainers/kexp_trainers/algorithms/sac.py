@@ -1,12 +1,22 @@
 """SAC (Haarnoja et al. 2018), CleanRL style: twin Q, tanh-squashed Gaussian, auto entropy.
 
-Continuous (Box) action spaces only. The replay buffer is part of the checkpoint, so a
-restarted pod continues with the experience it had. Hyperparameters come from
-``spec.hyperparameters`` (camelCase) with the defaults of ``SACArgs``.
+Continuous (Box) action spaces only. For speed (``bench/trainer_throughput.py``) the two
+critics are one batched ensemble (``TwinQ``: one matmul per layer for both, and one for both
+targets), the policy's log-probability is written out rather than built from
+``torch.distributions``, Adam is fused, the targets' Polyak update is one foreach operation,
+the critics' weights get no gradients during the actor's step, and updates flush subnormal
+floats to zero (``flush_denormals``).
+
+The replay buffer is part of the checkpoint, so a restarted pod continues with the experience
+it had. Hyperparameters come from ``spec.hyperparameters`` (camelCase) with the defaults of
+``SACArgs``.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kexp_trainers.algorithms.common import args_from_hyperparameters
+from kexp_trainers.algorithms.common import adam, args_from_hyperparameters, flush_denormals
 
 METRICS = ("episode_reward", "q_loss", "actor_loss", "alpha", "sps")
 
@@ -43,19 +53,56 @@ class SACArgs:
         return args_from_hyperparameters(cls, hp, "SAC")
 
 
-class SoftQ(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int) -> None:
+class TwinQ(nn.Module):
+    """SAC's two soft Q networks as one ensemble: Q_k(s, a) for k = 0, 1 in one pass.
+
+    Each is an MLP of ``[obs, act]`` with two ReLU layers of ``hidden``, initialised as
+    ``nn.Linear`` (uniform in +-1/sqrt(fan in)). Their weights are stacked on a leading
+    dimension of ``n`` (``weights[l][k]`` is network k's layer l, shaped [in, out], the
+    transpose of ``nn.Linear.weight``), so one batched matmul (``torch.baddbmm``) per layer
+    evaluates both: half the calls, and kernels on bigger blocks.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, n: int = 2) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(obs_dim + act_dim, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, 1),
-        )
+        sizes = [obs_dim + act_dim, hidden, hidden, 1]
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(
+                nn.Parameter(torch.empty(n, fan_in, fan_out).uniform_(-bound, bound))
+            )
+            self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
+        self.activation = nn.ReLU()
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, act], 1)).squeeze(-1)
+        """[n, batch]: every network's Q of every (obs, act) row."""
+        x = torch.cat([obs, act], 1)
+        x = x.expand(len(self.weights[0]), *x.shape)  # one view per network, no copy
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.baddbmm(b, x, w)
+            if layer < len(self.weights) - 1:
+                x = self.activation(x)
+        return x.squeeze(-1)
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def tanh_gaussian_logprob(
+    noise: torch.Tensor, log_std: torch.Tensor, x: torch.Tensor, log_scale: torch.Tensor
+) -> torch.Tensor:
+    """log-density of ``tanh(x) * scale + bias`` with ``x = mean + exp(log_std) * noise``.
+
+    The Gaussian's log N(x) = -noise^2 / 2 - log_std - log(2 pi) / 2, less the log-Jacobian
+    of the squashing, log(scale) + log(1 - tanh(x)^2), written as
+    ``2 (log 2 - x - softplus(-2x))`` (torch's ``TanhTransform``: exact where tanh
+    saturates), summed over the action's dimensions. Equal to
+    ``TransformedDistribution(Normal(mean, std), [TanhTransform(), AffineTransform(bias,
+    scale)]).log_prob`` (tests/unit/test_sac_math.py) without building distribution objects.
+    """
+    log_jacobian = 2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x)) + log_scale
+    return (-0.5 * noise.pow(2) - log_std - _HALF_LOG_2PI - log_jacobian).sum(-1)
 
 
 class Actor(nn.Module):
@@ -72,6 +119,7 @@ class Actor(nn.Module):
         high, low = torch.as_tensor(space.high), torch.as_tensor(space.low)
         self.register_buffer("scale", ((high - low) / 2).float())
         self.register_buffer("bias", ((high + low) / 2).float())
+        self.register_buffer("log_scale", self.scale.log(), persistent=False)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(obs)
@@ -80,14 +128,13 @@ class Actor(nn.Module):
         return self.mean(h), log_std
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(action, log-prob, deterministic action), with the tanh change of variables."""
+        """(action, log-prob, deterministic action) of the tanh-squashed Gaussian policy."""
         mean, log_std = self(obs)
-        normal = torch.distributions.Normal(mean, log_std.exp())
-        x = normal.rsample()
-        y = torch.tanh(x)
-        action = y * self.scale + self.bias
-        logprob = normal.log_prob(x) - torch.log(self.scale * (1 - y.pow(2)) + 1e-6)
-        return action, logprob.sum(1), torch.tanh(mean) * self.scale + self.bias
+        noise = torch.randn_like(mean)
+        x = mean + log_std.exp() * noise  # reparameterised: gradients reach mean and log_std
+        action = torch.tanh(x) * self.scale + self.bias
+        logprob = tanh_gaussian_logprob(noise, log_std, x, self.log_scale)
+        return action, logprob, torch.tanh(mean) * self.scale + self.bias
 
 
 @dataclass
@@ -95,10 +142,8 @@ class TrainState:
     """Networks, optimisers, entropy temperature and the replay buffer."""
 
     actor: Actor
-    q1: SoftQ
-    q2: SoftQ
-    q1_target: SoftQ
-    q2_target: SoftQ
+    q: TwinQ  # both critics
+    q_target: TwinQ  # their Polyak averages
     actor_opt: torch.optim.Optimizer
     q_opt: torch.optim.Optimizer
     log_alpha: torch.Tensor
@@ -115,9 +160,8 @@ def new_state(envs: Any, args: SACArgs, device: torch.device) -> TrainState:
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(space.shape))
     actor = Actor(obs_dim, space, args.hidden).to(device)
-    qs = [SoftQ(obs_dim, act_dim, args.hidden).to(device) for _ in range(4)]
-    qs[2].load_state_dict(qs[0].state_dict())
-    qs[3].load_state_dict(qs[1].state_dict())
+    q = TwinQ(obs_dim, act_dim, args.hidden).to(device)
+    q_target = copy.deepcopy(q).requires_grad_(False)
     log_alpha = torch.zeros(1, requires_grad=True, device=device)
     capacity = min(args.buffer_size, 10_000_000)
     buffer = {
@@ -129,14 +173,12 @@ def new_state(envs: Any, args: SACArgs, device: torch.device) -> TrainState:
     }
     return TrainState(
         actor,
-        qs[0],
-        qs[1],
-        qs[2],
-        qs[3],
-        torch.optim.Adam(actor.parameters(), lr=args.learning_rate),
-        torch.optim.Adam([*qs[0].parameters(), *qs[1].parameters()], lr=args.q_learning_rate),
+        q,
+        q_target,
+        adam(actor.parameters(), lr=args.learning_rate),
+        adam(q.parameters(), lr=args.q_learning_rate),
         log_alpha,
-        torch.optim.Adam([log_alpha], lr=args.q_learning_rate),
+        adam([log_alpha], lr=args.q_learning_rate),
         buffer,
     )
 
@@ -148,16 +190,7 @@ def state_dict(s: TrainState) -> dict[str, Any]:
         "size": s.size,
         "modules": {
             k: getattr(s, k).state_dict()
-            for k in (
-                "actor",
-                "q1",
-                "q2",
-                "q1_target",
-                "q2_target",
-                "actor_opt",
-                "q_opt",
-                "alpha_opt",
-            )
+            for k in ("actor", "q", "q_target", "actor_opt", "q_opt", "alpha_opt")
         },
         "log_alpha": s.log_alpha.detach().cpu(),
         "buffer": {k: v[: s.size] for k, v in s.buffer.items()},
@@ -166,9 +199,35 @@ def state_dict(s: TrainState) -> dict[str, Any]:
     }
 
 
+def upgrade_separate_critics(modules: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints written before ``TwinQ`` held two critics (``q1``, ``q2``, and their
+    targets) as separate Linear stacks: stack their weights into ``TwinQ``'s layout. Their
+    optimizer's moments belong to the old layout and are dropped (the critics' Adam starts
+    afresh, the networks and everything else resume as saved)."""
+    if "q" in modules or "q1" not in modules:
+        return modules
+
+    def stacked(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> Any:
+        layers = sorted({int(k.split(".")[1]) for k in first})  # net.0, net.2, net.4
+        out = {}
+        for i, layer in enumerate(layers):
+            w = [net[f"net.{layer}.weight"].T for net in (first, second)]
+            b = [net[f"net.{layer}.bias"].unsqueeze(0) for net in (first, second)]
+            out[f"weights.{i}"], out[f"biases.{i}"] = torch.stack(w), torch.stack(b)
+        return out
+
+    rest = {k: v for k, v in modules.items() if k not in ("q1", "q2", "q1_target", "q2_target")}
+    rest.pop("q_opt", None)
+    return {
+        **rest,
+        "q": stacked(modules["q1"], modules["q2"]),
+        "q_target": stacked(modules["q1_target"], modules["q2_target"]),
+    }
+
+
 def load_state(saved: dict[str, Any], envs: Any, args: SACArgs, device: torch.device) -> TrainState:
     s = new_state(envs, args, device)
-    for key, value in saved["modules"].items():
+    for key, value in upgrade_separate_critics(saved["modules"]).items():
         getattr(s, key).load_state_dict(value)
     with torch.no_grad():
         s.log_alpha.copy_(saved["log_alpha"].to(device))
@@ -239,45 +298,44 @@ def train(
     return s
 
 
+@flush_denormals()
 def _update(
     s: TrainState, args: SACArgs, device: torch.device, target_entropy: float
 ) -> dict[str, float]:
     idx = np.random.randint(0, s.size, args.batch_size)
-    b = {k: torch.as_tensor(v[idx], device=device) for k, v in s.buffer.items()}
+    obs, next_obs, act, rew, done = (
+        torch.as_tensor(s.buffer[k][idx], device=device)
+        for k in ("obs", "next_obs", "act", "rew", "done")
+    )
     alpha = s.log_alpha.exp().detach()
     with torch.no_grad():
-        next_act, next_logp, _ = s.actor.sample(b["next_obs"])
-        target_q = (
-            torch.min(s.q1_target(b["next_obs"], next_act), s.q2_target(b["next_obs"], next_act))
-            - alpha * next_logp
-        )
-        target = b["rew"] + (1 - b["done"]) * args.gamma * target_q
-    q_loss = F.mse_loss(s.q1(b["obs"], b["act"]), target) + F.mse_loss(
-        s.q2(b["obs"], b["act"]), target
-    )
+        next_act, next_logp, _ = s.actor.sample(next_obs)
+        target_q = s.q_target(next_obs, next_act).min(0).values - alpha * next_logp
+        target = rew + (1 - done) * args.gamma * target_q
+    # Each critic's mean squared error, summed: F.mse_loss(q1, target) + F.mse_loss(q2, target).
+    q_loss = (s.q(obs, act) - target).pow(2).mean(1).sum()
     s.q_opt.zero_grad()
     q_loss.backward()
     s.q_opt.step()
     stats = {"q_loss": q_loss.item(), "alpha": alpha.item()}
     if s.step % args.policy_frequency == 0:
+        # The actor's loss differentiates through the critics, not into their weights.
+        s.q.requires_grad_(False)
         for _ in range(args.policy_frequency):
-            act, logp, _ = s.actor.sample(b["obs"])
-            q = torch.min(s.q1(b["obs"], act), s.q2(b["obs"], act))
-            actor_loss = (s.log_alpha.exp().detach() * logp - q).mean()
+            act_pi, logp, _ = s.actor.sample(obs)
+            actor_loss = (s.log_alpha.exp().detach() * logp - s.q(obs, act_pi).min(0).values).mean()
             s.actor_opt.zero_grad()
             actor_loss.backward()
             s.actor_opt.step()
-            with torch.no_grad():
-                _, logp, _ = s.actor.sample(b["obs"])
-            alpha_loss = (-s.log_alpha.exp() * (logp + target_entropy)).mean()
+            # The temperature learns from the same samples' log-probabilities (as SB3 does).
+            alpha_loss = (-s.log_alpha.exp() * (logp.detach() + target_entropy)).mean()
             s.alpha_opt.zero_grad()
             alpha_loss.backward()
             s.alpha_opt.step()
+        s.q.requires_grad_(True)
         stats["actor_loss"] = actor_loss.item()
-    with torch.no_grad():
-        for net, target_net in ((s.q1, s.q1_target), (s.q2, s.q2_target)):
-            for p, tp in zip(net.parameters(), target_net.parameters(), strict=True):
-                tp.mul_(1 - args.tau).add_(args.tau * p)
+    with torch.no_grad():  # Polyak: target += tau * (online - target), all tensors at once
+        torch._foreach_lerp_(list(s.q_target.parameters()), list(s.q.parameters()), args.tau)
     return stats
 
 
