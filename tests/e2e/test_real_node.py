@@ -38,14 +38,15 @@ NS = "real-node-e2e"
 
 @pytest.fixture(scope="module")
 def node_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state = Path(os.environ.get("KEXP_TEST_REAL_NODE_STATE") or tmp_path_factory.mktemp("real"))
-    stack = Stack(state)
+    kept = os.environ.get("KEXP_TEST_REAL_NODE_STATE")
+    stack = Stack(Path(kept) if kept else tmp_path_factory.mktemp("real"))
     try:
         report = stack.up(port_base=PORT_BASE, timeout_s=600, real_node=True, log=print)
         assert report.node is not None
         yield stack
     finally:
-        stack.down()
+        # A temporary node's containerd data is about 11 GB: pytest keeps three runs' tmp dirs.
+        stack.down(purge=not kept)
 
 
 @pytest.fixture(scope="module")
