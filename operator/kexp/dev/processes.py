@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,3 +170,18 @@ def log_tail(path: Path, lines: int = 15) -> str:
     except FileNotFoundError:
         return "(no log)"
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def wait_started(
+    ready: Callable[[], bool], pid_path: Path, log_path: Path, deadline: float
+) -> str | None:
+    """Poll ``ready`` until it holds; None then, or why not: the process (its pid file at
+    ``pid_path``) exited, or ``deadline`` (monotonic) passed, with the tail of its log."""
+    while not ready():
+        record = read_pid_file(pid_path)
+        if record is None or not is_ours(record):
+            return f"exited during start-up; its log ({log_path}) ends with:\n{log_tail(log_path)}"
+        if time.monotonic() > deadline:
+            return f"was not ready in time; its log ends with:\n{log_tail(log_path)}"
+        time.sleep(0.2)
+    return None

@@ -550,19 +550,11 @@ class RealNode:
 
     # ---- lifecycle ------------------------------------------------------------------------
     def _wait(self, what: str, check: Callable[[], bool], service: str, deadline: float) -> None:
-        while not check():
-            record = processes.read_pid_file(self.pid_path(service))
-            if record is None or not processes.is_ours(record):
-                raise NodeError(
-                    f"{service} exited while starting; its log ({self.log_path(service)}) "
-                    f"ends with:\n{processes.log_tail(self.log_path(service))}"
-                )
-            if time.monotonic() > deadline:
-                raise NodeError(
-                    f"{what} not ready in time; the {service} log ends with:\n"
-                    f"{processes.log_tail(self.log_path(service))}"
-                )
-            time.sleep(0.2)
+        problem = processes.wait_started(
+            check, self.pid_path(service), self.log_path(service), deadline
+        )
+        if problem is not None:
+            raise NodeError(f"{what}: {service} {problem}")
 
     def up(
         self,

@@ -535,21 +535,14 @@ class Stack:
                     )
 
     def _wait_ready(self, svc: Service, deadline: float) -> None:
-        while not svc.ready():
-            record = processes.read_pid_file(self.pid_path(svc.name))
-            if record is None or not processes.is_ours(record):
-                raise StackError(
-                    f"{svc.name} exited during start-up; its log "
-                    f"({self.log_path(svc.name)}) ends with:\n"
-                    f"{processes.log_tail(self.log_path(svc.name))}\n"
-                    f"If the state dir is damaged, `kexp dev down --purge` starts from scratch."
-                )
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"{svc.name} was not ready in time; its log ends with:\n"
-                    f"{processes.log_tail(self.log_path(svc.name))}"
-                )
-            time.sleep(0.2)
+        problem = processes.wait_started(
+            svc.ready, self.pid_path(svc.name), self.log_path(svc.name), deadline
+        )
+        if problem is not None:
+            advice = "If the state dir is damaged, `kexp dev down --purge` starts from scratch."
+            raise StackError(
+                f"{svc.name} {problem}" + (f"\n{advice}" if problem.startswith("exited") else "")
+            )
 
     def _stop(self, names: list[str]) -> None:
         pids = []
