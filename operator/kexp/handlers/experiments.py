@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, cast
 
 import kopf
@@ -294,16 +294,17 @@ async def on_job(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    summary = None if type == "DELETED" else _job_summary(body)
     # A Job that disappears is reconciled too: a pass decides whether it was deleted mid-run.
     await _on_child_event(
         memo,
         memo.jobs_seen,
+        type,
         uid,
-        summary,
+        body,
+        _job_summary,
         namespace,
         labels,
-        Indexes.of(kwargs),
+        kwargs,
         on_delete=True,
     )
 
@@ -333,15 +334,16 @@ async def on_pod(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    summary = None if type == "DELETED" else _pod_summary(body)
     await _on_child_event(
         memo,
         memo.pods_seen,
+        type,
         uid,
-        summary,
+        body,
+        _pod_summary,
         namespace,
         labels,
-        Indexes.of(kwargs),
+        kwargs,
         on_delete=False,
     )
 
@@ -363,15 +365,16 @@ async def on_rayjob(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    summary = None if type == "DELETED" else _ray_job_summary(body)
     await _on_child_event(
         memo,
         memo.jobs_seen,
+        type,
         uid,
-        summary,
+        body,
+        _ray_job_summary,
         namespace,
         labels,
-        Indexes.of(kwargs),
+        kwargs,
         on_delete=True,
     )
 
@@ -391,19 +394,25 @@ async def on_template(
 async def _on_child_event(
     memo: kopf.Memo,
     seen: dict[str, tuple[Any, ...]],
+    type: str | None,
     uid: str,
-    summary: tuple[Any, ...] | None,
+    body: kopf.Body,
+    summarize: Callable[[kopf.Body], tuple[Any, ...]],
     namespace: str,
     labels: Mapping[str, str],
-    indexes: Indexes,
+    handler_kwargs: Mapping[str, Any],
     *,
     on_delete: bool,
 ) -> None:
-    """A Job or pod moved: reconcile its Experiment unless nothing a pass reads changed.
+    """A Job, RayJob or pod moved: reconcile its Experiment unless nothing a pass reads
+    changed.
 
-    ``summary`` is None for a deletion; ``seen`` remembers each child's last summary, so
-    events that only touch metadata, IPs or bookkeeping counters cost no pass.
+    ``summarize`` picks out what a pass reads; ``seen`` remembers each child's last summary,
+    so events that only touch metadata, IPs or bookkeeping counters cost no pass. A deletion
+    reconciles only with ``on_delete``.
     """
+    indexes = Indexes.of(handler_kwargs)
+    summary = None if type == "DELETED" else summarize(body)
     if summary is None:
         seen.pop(uid, None)
         if not on_delete:
