@@ -38,6 +38,7 @@ from typing import Any, Final
 import gymnasium as gym
 import numpy as np
 
+from kexp_trainers.envs import highway_speedups
 from kexp_trainers.envs.scores import EpisodeMetrics
 
 TTC_THRESHOLD_S: Final = 3.0
@@ -283,7 +284,11 @@ def _check_config_keys(env_id: str, env: Any, config: Mapping[str, Any]) -> None
 
 
 def make_env(
-    env_id: str, config: Mapping[str, Any] | None = None, seed: int = 0
+    env_id: str,
+    config: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    *,
+    simulator_speedups: bool = True,
 ) -> gym.Env[Any, Any]:
     """The environment every algorithm, the evaluation and the dataset command use.
 
@@ -292,6 +297,9 @@ def make_env(
     (so an empty config gives the plain env). The env is reset once with ``seed`` and its
     action space seeded, so later unseeded resets continue one reproducible stream.
 
+    ``simulator_speedups`` switches ``envs.highway_speedups`` (the same trajectories, bit for
+    bit, in less time) on or off for this process when ``env_id`` is a highway-env id.
+
     Raises ValueError naming ``spec.environment.id`` for an unknown id, and
     ``spec.environment.config`` for settings the env does not take.
     """
@@ -299,6 +307,7 @@ def make_env(
     spec = _spec(env_id)
     env: gym.Env[Any, Any]
     if is_highway_env(env_id):
+        highway_speedups.set_enabled(simulator_speedups)
         env = gym.make(spec, config=config)
         _check_config_keys(env_id, env.unwrapped, config)
         env = ADMetrics(FlatFloat32(env))
