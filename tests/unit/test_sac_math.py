@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
 
 from kexp_trainers.algorithms import sac
-from kexp_trainers.algorithms.common import flush_denormals
+from kexp_trainers.algorithms.common import flush_denormals, make_vector_env, matmul_precision
 from kexp_trainers.algorithms.sac import Actor, SACArgs, TwinQ, tanh_gaussian_logprob
 
 
@@ -174,3 +174,35 @@ def test_a_checkpoint_with_separate_critics_resumes_with_the_same_q_values() -> 
     expected = torch.stack([net(torch.cat([obs, act], 1)).squeeze(-1) for net in old])
     torch.testing.assert_close(q(obs, act), expected)
     assert sac.upgrade_separate_critics(upgraded) is upgraded  # new checkpoints pass through
+
+
+def test_matmul_precision_is_checked_and_restored() -> None:
+    with pytest.raises(ValueError, match=r"spec\.hyperparameters\.matmulPrecision: 'fast'"):
+        SACArgs.from_hyperparameters({"matmulPrecision": "fast"})
+    assert SACArgs.from_hyperparameters({"matmulPrecision": "highest"}).matmul_precision == (
+        "highest"
+    )
+    before = torch.get_float32_matmul_precision()
+    with matmul_precision("medium"):
+        assert torch.get_float32_matmul_precision() == "medium"
+    assert torch.get_float32_matmul_precision() == before
+
+
+@pytest.mark.parametrize("precision", ["medium", "highest"])
+def test_training_runs_at_its_matmul_precision_and_restores_the_setting(precision: str) -> None:
+    envs = make_vector_env("Pendulum-v1", 1, 0, {})
+    args = SACArgs(hidden=16, batch_size=8, learning_starts=20, matmul_precision=precision)
+    seen: list[str] = []
+    before = torch.get_float32_matmul_precision()
+    state = sac.train(
+        envs,
+        args,
+        60,
+        torch.device("cpu"),
+        on_update=lambda _step, _stats: seen.append(torch.get_float32_matmul_precision()),
+        report_every=20,
+    )
+    envs.close()
+    assert state.step == 60
+    assert seen == [precision] * 3
+    assert torch.get_float32_matmul_precision() == before

@@ -149,6 +149,18 @@ def test_sb3_runs_on_worker_processes_wherever_kexp_does() -> None:
         kexp = tt.resolve_vector_env(tt.PPO_ARGS.vector_env, env_id, tt.PPO_ENVS)
         assert vec_envs[0] == "DummyVecEnv"  # SB3's make_vec_env default, always a row
         assert ("SubprocVecEnv" in vec_envs) == (kexp == "async"), env_id
+    # highway-env's rows: SB3 on the stock simulator, and once with kexp's speed-ups
+    assert tt.SB3_VEC_ENVS["highway-fast-v0"] == (
+        "DummyVecEnv",
+        "SubprocVecEnv",
+        "SubprocVecEnv+speedups",
+    )
+
+
+def test_sb3_runs_on_the_stock_simulator_unless_told() -> None:
+    assert tt.split_vec_env("DummyVecEnv") == ("DummyVecEnv", False)
+    assert tt.split_vec_env("SubprocVecEnv") == ("SubprocVecEnv", False)
+    assert tt.split_vec_env("SubprocVecEnv+speedups") == ("SubprocVecEnv", True)
 
 
 def test_spec_hyperparameters_round_trip() -> None:

@@ -128,6 +128,37 @@ def flush_denormals() -> Iterator[None]:
             torch.set_flush_denormal(False)
 
 
+#: Values of ``torch.set_float32_matmul_precision`` (an algorithm's ``matmulPrecision``).
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def check_matmul_precision(value: str) -> None:
+    """Refuse a ``matmulPrecision`` torch does not know, naming the field."""
+    if value not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"spec.hyperparameters.matmulPrecision: {value!r} is not one of "
+            f"{', '.join(MATMUL_PRECISIONS)}"
+        )
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """float32 matrix products at ``precision`` while inside, the previous setting after.
+
+    ``highest`` computes them in float32; ``high`` lets CUDA use TensorFloat32; ``medium``
+    lets the hardware multiply in bfloat16 where it has fast bfloat16 units (CPUs with
+    AMX or AVX512-BF16 through oneDNN, GPUs since Ampere), accumulating and storing in
+    float32; elsewhere each falls back to the next more precise one. The setting is
+    process-wide in torch, hence restored on the way out.
+    """
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 #: ``make_vector_env``'s ways of stepping the copies (PPOArgs.vector_env).
 VECTOR_ENVS = ("auto", "sync", "async")
 

@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kexp_trainers.algorithms.common import adam, args_from_hyperparameters, flush_denormals
+from kexp_trainers.algorithms.common import (
+    adam,
+    args_from_hyperparameters,
+    check_matmul_precision,
+    flush_denormals,
+    matmul_precision,
+)
 
 METRICS = ("episode_reward", "q_loss", "actor_loss", "alpha", "sps")
 
@@ -46,6 +52,15 @@ class SACArgs:
     tau: float = 0.005
     policy_frequency: int = 2
     hidden: int = 256
+    #: Internal precision of float32 matrix products during training (``highest``, ``high``,
+    #: ``medium``; see ``common.matmul_precision``). ``medium`` multiplies in bfloat16 where
+    #: the hardware has fast bfloat16 units, keeping float32 weights, sums and everything
+    #: else; the updates are matmul-bound, and ``bench.learning``/``bench.trainer_throughput``
+    #: show the same returns.
+    matmul_precision: str = "medium"
+
+    def __post_init__(self) -> None:
+        check_matmul_precision(self.matmul_precision)
 
     @classmethod
     def from_hyperparameters(cls, hp: Mapping[str, Any]) -> SACArgs:
@@ -252,6 +267,32 @@ def train(
     report_every: int = 1000,
 ) -> TrainState:
     """Train until ``total_steps`` environment steps (counting from ``state.step``)."""
+    with matmul_precision(args.matmul_precision):
+        return _train(
+            envs,
+            args,
+            total_steps,
+            device,
+            state=state,
+            on_update=on_update,
+            on_checkpoint=on_checkpoint,
+            checkpoint_every=checkpoint_every,
+            report_every=report_every,
+        )
+
+
+def _train(
+    envs: Any,
+    args: SACArgs,
+    total_steps: int,
+    device: torch.device,
+    *,
+    state: TrainState | None,
+    on_update: Callable[[int, dict[str, float]], None],
+    on_checkpoint: Callable[[TrainState], None],
+    checkpoint_every: int | None,
+    report_every: int,
+) -> TrainState:
     s = state or new_state(envs, args, device)
     n = envs.num_envs
     target_entropy = -float(np.prod(envs.single_action_space.shape))
