@@ -42,7 +42,7 @@ inside the log of the squashing's Jacobian (kexp's is exact), and updates the ac
 step where kexp (CleanRL) updates it twice every second step (the same count). Both learn the
 temperature from the log-probabilities of the actor step's own samples.
 
-    .venv/bin/python -m bench.trainer_throughput            # full: about 40 minutes on 2 cores
+    .venv/bin/python -m bench.trainer_throughput            # full: about 25 minutes on 2 cores
     .venv/bin/python -m bench.trainer_throughput --quick    # smoke run: a few minutes
 """
 

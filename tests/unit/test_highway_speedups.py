@@ -132,9 +132,10 @@ def test_scalar_clip_matches_numpy() -> None:
     values = [*rng.normal(scale=3, size=200), 1.0, -1.0, 0.0, -0.0, float("inf"), float("nan")]
     for value in values:
         for a in (float(value), np.float64(value)):
-            for lo, hi in ((-1, 1), (-0.5, 2.5), (0.0, 0.0)):
+            for lo, hi in ((-1, 1), (-0.5, 2.5), (0.0, 0.0), (-0.0, 0.0), (0, 1)):
                 got, want = clip(a, lo, hi), np.clip(a, lo, hi)
                 assert got == want or (np.isnan(got) and np.isnan(want)), (a, lo, hi)
+                assert np.signbit(got) == np.signbit(want), (a, lo, hi)  # -0.0 vs 0.0
     # arrays and integers still go to numpy
     assert np.array_equal(clip(np.array([-3.0, 3.0]), -1, 1), [-1.0, 1.0])
     assert behavior.np.linalg is np.linalg

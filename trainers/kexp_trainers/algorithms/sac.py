@@ -267,32 +267,6 @@ def train(
     report_every: int = 1000,
 ) -> TrainState:
     """Train until ``total_steps`` environment steps (counting from ``state.step``)."""
-    with matmul_precision(args.matmul_precision):
-        return _train(
-            envs,
-            args,
-            total_steps,
-            device,
-            state=state,
-            on_update=on_update,
-            on_checkpoint=on_checkpoint,
-            checkpoint_every=checkpoint_every,
-            report_every=report_every,
-        )
-
-
-def _train(
-    envs: Any,
-    args: SACArgs,
-    total_steps: int,
-    device: torch.device,
-    *,
-    state: TrainState | None,
-    on_update: Callable[[int, dict[str, float]], None],
-    on_checkpoint: Callable[[TrainState], None],
-    checkpoint_every: int | None,
-    report_every: int,
-) -> TrainState:
     s = state or new_state(envs, args, device)
     n = envs.num_envs
     target_entropy = -float(np.prod(envs.single_action_space.shape))
@@ -301,41 +275,42 @@ def _train(
     returns: list[float] = []
     stats: dict[str, float] = {}
     last_report, last_checkpoint, started = s.step, s.step, time.perf_counter()
-    while s.step < total_steps:
-        if s.step < args.learning_starts:
-            action = np.array([envs.single_action_space.sample() for _ in range(n)])
-        else:
-            with torch.no_grad():
-                action, _, _ = s.actor.sample(
-                    torch.as_tensor(obs, dtype=torch.float32, device=device)
-                )
-            action = action.cpu().numpy()
-        next_obs, reward, terminated, truncated, info = envs.step(action)
-        real_next = next_obs.copy()
-        for i in np.flatnonzero(np.logical_or(terminated, truncated)):
-            # SAME_STEP autoreset puts the reset observation in next_obs; learn from the last.
-            real_next[i] = info["final_obs"][i]
-        for i in range(n):
-            j = s.size % capacity
-            s.buffer["obs"][j], s.buffer["next_obs"][j] = obs[i], real_next[i]
-            s.buffer["act"][j], s.buffer["rew"][j] = action[i], reward[i]
-            s.buffer["done"][j] = float(terminated[i])  # truncation still bootstraps
-            s.size = min(s.size + 1, capacity) if s.size < capacity else s.size
-        if "episode" in info:
-            returns += [float(r) for r in info["episode"]["r"][info["_episode"]]]
-        obs = next_obs
-        s.step += n
-        if s.step >= args.learning_starts:
-            stats = _update(s, args, device, target_entropy)
-        if s.step - last_report >= report_every:
-            stats["sps"] = (s.step - last_report) / (time.perf_counter() - started)
-            if returns:
-                stats["episode_reward"] = float(np.mean(returns[-10:]))
-            on_update(s.step, dict(stats))
-            last_report, started = s.step, time.perf_counter()
-        if checkpoint_every and s.step - last_checkpoint >= checkpoint_every:
-            last_checkpoint = s.step
-            on_checkpoint(s)
+    with matmul_precision(args.matmul_precision):  # restored when training ends
+        while s.step < total_steps:
+            if s.step < args.learning_starts:
+                action = np.array([envs.single_action_space.sample() for _ in range(n)])
+            else:
+                with torch.no_grad():
+                    action, _, _ = s.actor.sample(
+                        torch.as_tensor(obs, dtype=torch.float32, device=device)
+                    )
+                action = action.cpu().numpy()
+            next_obs, reward, terminated, truncated, info = envs.step(action)
+            real_next = next_obs.copy()
+            for i in np.flatnonzero(np.logical_or(terminated, truncated)):
+                # SAME_STEP autoreset puts the reset observation in next_obs; learn from the last.
+                real_next[i] = info["final_obs"][i]
+            for i in range(n):
+                j = s.size % capacity
+                s.buffer["obs"][j], s.buffer["next_obs"][j] = obs[i], real_next[i]
+                s.buffer["act"][j], s.buffer["rew"][j] = action[i], reward[i]
+                s.buffer["done"][j] = float(terminated[i])  # truncation still bootstraps
+                s.size = min(s.size + 1, capacity) if s.size < capacity else s.size
+            if "episode" in info:
+                returns += [float(r) for r in info["episode"]["r"][info["_episode"]]]
+            obs = next_obs
+            s.step += n
+            if s.step >= args.learning_starts:
+                stats = _update(s, args, device, target_entropy)
+            if s.step - last_report >= report_every:
+                stats["sps"] = (s.step - last_report) / (time.perf_counter() - started)
+                if returns:
+                    stats["episode_reward"] = float(np.mean(returns[-10:]))
+                on_update(s.step, dict(stats))
+                last_report, started = s.step, time.perf_counter()
+            if checkpoint_every and s.step - last_checkpoint >= checkpoint_every:
+                last_checkpoint = s.step
+                on_checkpoint(s)
     return s
 
 

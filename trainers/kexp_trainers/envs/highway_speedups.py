@@ -13,7 +13,8 @@ a step in three places that do the same work many times over:
 - ``np.clip`` on Python scalars in the vehicle models, a few microseconds of array machinery
   per call (about 15%). In ``highway_env.vehicle.{behavior,controller,kinematics}``, ``np``
   is a copy of numpy's namespace whose ``clip`` takes a float ``a`` between int/float bounds
-  as ``min(max(a, lo), hi)`` (the same value: clipping is exact) and anything else to numpy.
+  with three comparisons when the answer is unambiguous and anything else (ties, where numpy
+  decides the sign of a zero; NaN; arrays) goes to numpy.
 - ``KinematicObservation.observe``, which builds, normalises, clips and pads a pandas
   DataFrame of a handful of numbers per step (about 35%). The fast path fills a float64 array
   with the same numbers and applies the same element-wise arithmetic (``utils.lmap``, then
@@ -186,8 +187,16 @@ def _numpy_with_scalar_clip() -> types.ModuleType:
             and type(a) in scalars
             and type(a_min) in bounds
             and type(a_max) in bounds
+            # Strict comparisons only: ties (where numpy's choice decides the sign of a zero),
+            # NaN and inverted bounds go to numpy.
+            and a_min < a_max
         ):
-            return float(min(max(a, a_min), a_max))
+            if a_min < a < a_max:
+                return float(a)
+            if a < a_min:
+                return float(a_min)
+            if a > a_max:
+                return float(a_max)
         return numpy_clip(a, a_min, a_max, *args, **kwargs)
 
     class NumpyNamespace(types.ModuleType):
