@@ -55,17 +55,20 @@ SUPPORTED_VERSIONS: Final = ("1.12.",)
 #: Kinematics features the fast observation computes; others take highway-env's path.
 FAST_FEATURES: Final = frozenset({"presence", "x", "y", "vx", "vy", "heading", "cos_h", "sin_h"})
 
-_state = {"enabled": False, "installed": False}
+_state = {"enabled": False, "installed": False, "warned": False}
+
+
+def _installed_version() -> str | None:
+    try:
+        return importlib.metadata.version("highway-env")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def supported(version: str | None = None) -> bool:
     """Whether the installed (or the given) highway-env release is one the patches know."""
-    if version is None:
-        try:
-            version = importlib.metadata.version("highway-env")
-        except importlib.metadata.PackageNotFoundError:
-            return False
-    return version.startswith(SUPPORTED_VERSIONS)
+    version = version if version is not None else _installed_version()
+    return version is not None and version.startswith(SUPPORTED_VERSIONS)
 
 
 def enabled() -> bool:
@@ -79,10 +82,10 @@ def set_enabled(on: bool) -> bool:
     On an unsupported highway-env release they stay off.
     """
     if on and not supported():
-        if not _state.get("warned"):
+        if not _state["warned"]:
             log.warning(
                 "highway-env %s is not one of %s: simulator speed-ups off",
-                _version(),
+                _installed_version() or "(not installed)",
                 SUPPORTED_VERSIONS,
             )
             _state["warned"] = True
@@ -91,13 +94,6 @@ def set_enabled(on: bool) -> bool:
         _install()
     _state["enabled"] = on
     return on
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("highway-env")
-    except importlib.metadata.PackageNotFoundError:
-        return "(not installed)"
 
 
 # ---- the patches ------------------------------------------------------------------------------
