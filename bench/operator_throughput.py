@@ -7,7 +7,14 @@ In one run on one local stack (started if needed, in its own state dir):
 
 1. *direct*: an async client creates N Jobs (rendered by kexp's own renderer, so the objects
    are the same) with up to ``--concurrency`` requests in flight: this machine's limit.
-2. *operator*: ``kexp-operator`` runs as a separate process; N Experiments are applied with the
+2. *floor*: with no operator running, the same N Experiments and the N ConfigMaps kexp renders
+   for them are created the same way, then one status write and one Event per Experiment. An
+   operator that follows the design writes at least an Experiment's ConfigMap and Job, and the
+   Experiment itself must be admitted first; with the API server's CPU the limit (it is, on
+   two cores), their costs add, so ``1 / (1/r_experiment + 1/r_configmap + 1/r_job)`` bounds
+   any such operator's Job rate from above. The bench prints that ceiling beside the goal, and
+   the lower one that kexp's first pass (its status write and audit Event) leaves.
+3. *operator*: ``kexp-operator`` runs as a separate process; N Experiments are applied with the
    same concurrency; a watch on Jobs records when each Experiment's Job appears. The
    operator's CPU time and peak RSS are read from /proc. kwok completes the pods, and the run
    also reports when all N reached Succeeded.
@@ -32,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+import kubernetes
 
 from bench.stacks import bench_stack, experiment_namespaces, operator_process
 from kexp.dev.stack import Stack
@@ -40,7 +48,7 @@ from kexp.kube.crds import apply_crds, load_crds
 from kexp.kube.rest import ApiError, Rest, login
 from kexp.render.resolved import ResolvedExperiment
 from kexp.render.settings import RenderSettings
-from kexp.render.training import render_train_job
+from kexp.render.training import render_config_map, render_train_job
 
 REPO = Path(__file__).resolve().parent.parent
 GOALS = {"rate_ratio": 0.5, "p99_s": 2.0, "rss_mb": 200.0}
@@ -96,21 +104,144 @@ async def create_retrying(api: Rest, path: str, body: dict[str, Any]) -> float:
             await asyncio.sleep(1)
 
 
+def unowned(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without its owner references: no Experiment owns what the bench creates."""
+    del obj["metadata"]["ownerReferences"]
+    return obj
+
+
+def experiment_body(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kexp.io/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": f"exp-{i}"},
+        "spec": spec(),
+    }
+
+
+async def create_all(api: Rest, concurrency: int, path: str, objs: list[dict[str, Any]]) -> float:
+    """Seconds to create ``objs`` at ``path`` with ``concurrency`` requests in flight."""
+    started = time.monotonic()
+    await bounded(concurrency, [create_retrying(api, path, o) for o in objs])
+    return time.monotonic() - started
+
+
 async def direct_phase(n: int, namespace: str, concurrency: int) -> dict[str, float]:
     api = rest()
     settings = RenderSettings(trainer_image="kexp/trainer:bench")
-    jobs = []
-    for i in range(n):
-        exp = ResolvedExperiment(f"direct-{i}", namespace, f"uid-{i}", spec())
-        job = render_train_job(exp, settings)
-        del job["metadata"]["ownerReferences"]  # no Experiment owns these
-        jobs.append(job)
-    started = time.monotonic()
-    path = f"/apis/batch/v1/namespaces/{namespace}/jobs"
-    await bounded(concurrency, [create_retrying(api, path, j) for j in jobs])
-    elapsed = time.monotonic() - started
+    jobs = [
+        unowned(
+            render_train_job(
+                ResolvedExperiment(f"direct-{i}", namespace, f"uid-{i}", spec()), settings
+            )
+        )
+        for i in range(n)
+    ]
+    elapsed = await create_all(
+        api, concurrency, f"/apis/batch/v1/namespaces/{namespace}/jobs", jobs
+    )
     await api.close()
     return {"seconds": elapsed, "rate_per_s": n / elapsed}
+
+
+#: What the operator's first pass writes into a new Experiment's status (the shape of a real
+#: Pending status), for the floor's cost of one status write.
+PENDING_STATUS: dict[str, Any] = {
+    "phase": "Pending",
+    "reason": "JobCreated",
+    "message": "waiting for the training pod",
+    "observedGeneration": 1,
+    "algorithm": "PPO",
+    "environment": "CartPole-v1",
+    "jobs": {"train": "exp-train"},
+    "provenance": {
+        "configHash": "68a5f7fdf42fd005",
+        "image": "kexp/trainer:bench",
+        "submittedAt": "2026-12-06T02:12:14Z",
+    },
+    "conditions": [
+        {
+            "type": kind,
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "observedGeneration": 1,
+            "lastTransitionTime": "2026-12-06T02:12:14Z",
+        }
+        for kind, reason, message in (
+            ("Validated", "Valid", "the spec is valid"),
+            ("JobCreated", "JobCreated", "training Job exp-train"),
+        )
+    ],
+}
+
+
+def audit_event(namespace: str, i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"exp-{i}.bench"},
+        "involvedObject": {
+            "apiVersion": "kexp.io/v1alpha1",
+            "kind": "Experiment",
+            "name": f"exp-{i}",
+            "namespace": namespace,
+        },
+        "type": "Normal",
+        "reason": "Created",
+        "message": f"created ConfigMap exp-{i}-config and Job exp-{i}-train",
+        "source": {"component": "kexp-operator"},
+    }
+
+
+async def floor_phase(n: int, namespace: str, concurrency: int) -> dict[str, float]:
+    """Rates of the other writes every Experiment costs, with no operator running: creating the
+    Experiment and its ConfigMap (any operator), one status write and one Event (kexp's)."""
+    api = rest()
+    configmaps = [
+        unowned(render_config_map(ResolvedExperiment(f"exp-{i}", namespace, f"uid-{i}", spec())))
+        for i in range(n)
+    ]
+    exp_path = f"/apis/kexp.io/v1alpha1/namespaces/{namespace}/experiments"
+    exp_s = await create_all(api, concurrency, exp_path, [experiment_body(i) for i in range(n)])
+    cm_s = await create_all(
+        api, concurrency, f"/api/v1/namespaces/{namespace}/configmaps", configmaps
+    )
+
+    async def write_status(i: int) -> None:
+        await api.request(
+            "PATCH",
+            f"{exp_path}/exp-{i}/status",
+            body={"status": PENDING_STATUS},
+            content_type="application/merge-patch+json",
+        )
+
+    started = time.monotonic()
+    await bounded(concurrency, [write_status(i) for i in range(n)])
+    status_s = time.monotonic() - started
+    event_s = await create_all(
+        api, concurrency, f"/api/v1/namespaces/{namespace}/events",
+        [audit_event(namespace, i) for i in range(n)],
+    )  # fmt: skip
+    await api.close()
+    return {
+        "experiment_rate_per_s": n / exp_s,
+        "configmap_rate_per_s": n / cm_s,
+        "status_write_rate_per_s": n / status_s,
+        "event_rate_per_s": n / event_s,
+    }
+
+
+#: The writes any operator of this design needs before an Experiment's Job exists, besides the
+#: Job; and those kexp adds to a new Experiment's first pass.
+NEEDED = ("experiment_rate_per_s", "configmap_rate_per_s")
+KEXP_FIRST_PASS = ("status_write_rate_per_s", "event_rate_per_s")
+
+
+def operator_ceiling(direct_rate: float, floor: dict[str, float], writes: tuple[str, ...]) -> float:
+    """The most Jobs per second an operator can reach when, besides each Job, the API server
+    must take the ``writes`` (keys of ``floor``) and their costs add up (its CPU the limit)."""
+    return 1 / (1 / direct_rate + sum(1 / floor[w] for w in writes))
 
 
 def component_cpu(stack: Stack, extra: dict[str, int] | None = None) -> dict[str, float]:
@@ -162,15 +293,7 @@ async def operator_phase(
     watcher = asyncio.create_task(watch_jobs())
     await asyncio.sleep(1)  # the watch is established before the first apply
     cpu0, _ = proc_stats(pid)
-    bodies = [
-        {
-            "apiVersion": "kexp.io/v1alpha1",
-            "kind": "Experiment",
-            "metadata": {"name": f"exp-{i}"},
-            "spec": spec(),
-        }
-        for i in range(n)
-    ]
+    bodies = [experiment_body(i) for i in range(n)]
     started = time.monotonic()
     exp_path = f"/apis/kexp.io/v1alpha1/namespaces/{namespace}/experiments"
     applied = await bounded(concurrency, [create_retrying(api, exp_path, b) for b in bodies])
@@ -226,6 +349,31 @@ async def operator_phase(
     }
 
 
+def wait_gone(core: Any, *namespaces: str, timeout_s: float) -> None:
+    """Until the namespaces (and so everything in them) are deleted."""
+    deadline = time.monotonic() + timeout_s
+    left = set(namespaces)
+    while left and time.monotonic() < deadline:
+        left = {
+            ns for ns in left if any(n.metadata.name == ns for n in core.list_namespace().items)
+        }
+        time.sleep(1)
+    if left:
+        raise TimeoutError(f"namespaces {sorted(left)} still there after {timeout_s:.0f}s")
+
+
+def wait_quiet(stack: Stack, *services: str, idle_share: float = 0.05, max_s: float = 120) -> None:
+    """Until the named processes of the stack use under ``idle_share`` of a core for a second:
+    pods of an earlier phase still running would charge the next phase with their churn."""
+    pids = {name: pid for name, pid in stack.running_services().items() if name in services}
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        before = {name: proc_stats(pid)[0] for name, pid in pids.items()}
+        time.sleep(1)
+        if all(proc_stats(pid)[0] - before[name] < idle_share for name, pid in pids.items()):
+            return
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
@@ -244,8 +392,9 @@ def main() -> None:
         api = sync_api_client(stack.kubeconfig)
         apply_crds(api, load_crds(REPO / "crds"))
         suffix = str(int(time.time()))
-        direct_ns, op_ns = f"bench-direct-{suffix}", f"bench-op-{suffix}"
-        experiment_namespaces(api, stack, direct_ns, op_ns)
+        direct_ns, floor_ns = f"bench-direct-{suffix}", f"bench-floor-{suffix}"
+        op_ns = f"bench-op-{suffix}"
+        experiment_namespaces(api, stack, direct_ns, floor_ns, op_ns)
         os.environ["KUBECONFIG"] = str(stack.kubeconfig)
 
         before = count_429(stack)
@@ -255,10 +404,15 @@ def main() -> None:
             cpu_before, component_cpu(stack, {"bench client": os.getpid()})
         )
         direct["api_429"] = count_429(stack) - before
-        # Let the direct Jobs' pods finish so both phases start from a quiet cluster.
-        client_sync = __import__("kubernetes").client
-        client_sync.CoreV1Api(api).delete_namespace(direct_ns)
-        time.sleep(5)
+        time.sleep(5)  # the direct Jobs' pods start meanwhile; the floor is measured without them
+        wait_quiet(stack, "kube-controller-manager", "kwok")
+        floor = asyncio.run(floor_phase(args.count, floor_ns, args.concurrency))
+        # Both phases' objects go, and the operator starts on a quiet cluster.
+        core = kubernetes.client.CoreV1Api(api)
+        for ns in (direct_ns, floor_ns):
+            core.delete_namespace(ns)
+        wait_gone(core, direct_ns, floor_ns, timeout_s=args.timeout)
+        wait_quiet(stack, "kube-controller-manager", "kwok")
 
         with operator_process(stack, op_ns) as op:
             before = count_429(stack)
@@ -272,10 +426,12 @@ def main() -> None:
         api.close()
 
     ratio = operated["rate_per_s"] / direct["rate_per_s"]
-    # The operator cannot create a Job before its Experiment exists: the rate at which the API
-    # server accepts the Experiments themselves bounds the operator's rate from above.
     applied_rate = args.count / operated["apply_seconds"]
-    ceiling = applied_rate / direct["rate_per_s"]
+    ceiling = operator_ceiling(direct["rate_per_s"], floor, NEEDED) / direct["rate_per_s"]
+    kexp_ceiling = (
+        operator_ceiling(direct["rate_per_s"], floor, NEEDED + KEXP_FIRST_PASS)
+        / direct["rate_per_s"]
+    )
     print(f"{args.count} objects, {args.concurrency} requests in flight, 2-core machine")
     print(f"{'':<34}{'direct client':>16}{'kexp operator':>16}")
     print(
@@ -297,6 +453,14 @@ def main() -> None:
     print(f"{'final phases':<34}{'-':>16}  {json.dumps(operated['phases'])}")
     print(f"{'operator CPU seconds':<34}{'-':>16}{operated['operator_cpu_seconds']:>16.1f}")
     print(f"{'operator peak RSS (MB)':<34}{'-':>16}{operated['operator_peak_rss_mb']:>16.1f}")
+    print(f"floor, with no operator running ({args.concurrency} requests in flight):")
+    for label, key in (
+        ("Experiments created per second", "experiment_rate_per_s"),
+        ("ConfigMaps created per second", "configmap_rate_per_s"),
+        ("status writes per second", "status_write_rate_per_s"),
+        ("Events created per second", "event_rate_per_s"),
+    ):
+        print(f"  {label:<32}{floor[key]:>16.1f}")
     print("CPU seconds by process during each phase (the operator phase runs to all finished):")
     for name in operated["cpu_seconds"]:
         print(
@@ -315,8 +479,9 @@ def main() -> None:
         f"(goal <= 200): {'MET' if met['rss_mb'] else 'MISSED'}"
     )
     print(
-        f"the applies alone ran at {ceiling:.2f}x the direct rate: no operator can exceed that "
-        "ratio on this stack"
+        f"ceiling: an operator writing only each Experiment's ConfigMap and Job, after the API "
+        f"server admitted the Experiment, reaches at most {ceiling:.2f}x the direct rate here; "
+        f"{kexp_ceiling:.2f}x with the first pass's status write and Event"
     )
     print(
         json.dumps(
@@ -328,7 +493,9 @@ def main() -> None:
                 "operator": operated,
                 "rate_ratio": ratio,
                 "applied_rate_per_s": applied_rate,
-                "apply_ceiling_ratio": ceiling,
+                "floor": floor,
+                "ceiling_ratio": ceiling,
+                "ceiling_ratio_with_first_pass": kexp_ceiling,
                 "goals": GOALS,
                 "met": met,
             }

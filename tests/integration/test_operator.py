@@ -384,7 +384,7 @@ def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
         memo.running, memo.shared = set(), {"indexes": None, "secrets": {}}
         empty: dict[Any, Any] = {}
         try:
-            indexes = Indexes(empty, empty, empty, empty, empty)
+            indexes = Indexes(empty, empty, empty, empty, empty, empty)
             await reconcile(memo, namespace, "race", stale, indexes)
         finally:
             await memo.kube.close()
