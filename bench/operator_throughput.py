@@ -372,6 +372,7 @@ def wait_quiet(stack: Stack, *services: str, idle_share: float = 0.05, max_s: fl
         time.sleep(1)
         if all(proc_stats(pid)[0] - before[name] < idle_share for name, pid in pids.items()):
             return
+    print(f"warning: {', '.join(services)} still busy after {max_s:.0f}s; measuring anyway")
 
 
 def main() -> None:
