@@ -626,4 +626,9 @@ def test_new_to_operator_to_real_training_to_exported_scores(kexp: Kexp) -> None
     assert "| step | episode_reward |" in report
     logs = kexp.ok("logs", "e2e", "--tail", "2").stdout.splitlines()
     assert len(logs) == 2
-    assert "evaluation over 10 episodes: episodes 10, reward" in logs[-1]
+    # The evaluation is the trainer's last line unless Prometheus missed the final scrape,
+    # which the trainer reports after it (seen under CI load).
+    evaluation = "evaluation over 10 episodes: episodes 10, reward"
+    assert evaluation in logs[-1] or (
+        evaluation in logs[-2] and "no scrape after the final values" in logs[-1]
+    ), logs
