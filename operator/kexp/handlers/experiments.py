@@ -54,6 +54,8 @@ from kexp.storage.s3 import s3_client
 log = logging.getLogger("kexp.operator")
 MANAGED = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
 MAX_CONFLICT_RETRIES = 5
+#: Kubernetes Events kopf posts at once (see configure).
+POSTING_WORKERS = 8
 #: Delays before re-running a pass that failed for a reason other than a write conflict.
 RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 #: How often the heartbeats of Running experiments are read (S3 cannot be watched).
@@ -98,6 +100,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # every "Handler succeeded" became an Event POST (about 17 per Experiment). kexp posts its
     # own Events for what a user needs to see, so kopf's own only for warnings and errors.
     settings.posting.level = logging.WARNING
+    # kopf posts Events from one worker per object, by default with no limit on how many run at
+    # once, over a connection pool with no limit either: a burst of 1000 applies had about 200
+    # posting at once, each on its own TLS connection (256 KiB of buffer in Python alone).
+    # Eight at a time keeps up (the Events of a burst trail it by seconds, the handlers never
+    # wait on them): peak RSS 185-187 MB against 212-214 MB, and a little faster
+    # (bench/operator_throughput.py, docs/operator.md run G).
+    settings.posting.worker_limit = POSTING_WORKERS
     settings.persistence.diffbase_storage = NoDiffBase()
     # kopf waits this long after an object's event for more before handling it; a pass is
     # level-triggered and cheap, so a short window trades a few extra passes for latency.
