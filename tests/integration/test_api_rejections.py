@@ -535,6 +535,28 @@ def test_a_bad_spec_is_refused_naming_the_field(api: Api, case: Bad) -> None:
     assert_cause(status, text, case.field, case.says, case.reason)
 
 
+@pytest.mark.parametrize("name", ["a" * 64, "ppo.highway"], ids=["64 characters", "a dot"])
+def test_a_name_that_cannot_label_its_jobs_is_refused(api: Api, name: str) -> None:
+    # The name becomes the kexp.io/experiment label of its Jobs and pods (63 characters at
+    # most) and part of a multi-node run's pod hostnames (no dots).
+    code, status, text = refused(lambda: api.create(manifest(name, valid_spec())))
+    assert code == 422, text
+    assert status["reason"] == "Invalid", text
+    assert "metadata.name: at most 63 characters and no dots" in status["message"], text
+
+
+def test_a_63_character_name_is_accepted_and_stays_writable(api: Api) -> None:
+    name = "a" * 63
+    api.create(manifest(name, valid_spec()))
+    api.patch(name, {"spec": {"description": "edited"}, "metadata": {"labels": {"x": "y"}}})
+    api.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, api.ns, PLURAL, name, {"status": {"phase": "Pending"}}
+    )
+    got = api.get(name)
+    assert got["spec"]["description"] == "edited"
+    assert got["status"]["phase"] == "Pending"
+
+
 @pytest.mark.parametrize("case", UNKNOWN, ids=[c.id for c in UNKNOWN])
 def test_an_unknown_field_is_refused_under_strict_validation(api: Api, case: Bad) -> None:
     code, status, text = refused(lambda: api.create(manifest("bad", edited(case.edits))))

@@ -245,6 +245,8 @@ def test_cel_rules_only_touch_typed_and_bounded_fields(
     for path, node in all_nodes(generated):
         for rule in node.get("x-kubernetes-validations", []):
             for match in FIELD_REF.finditer(rule["rule"]):
+                if match.group(1) == ".metadata.name" and node is schema_of(generated[EXPERIMENTS]):
+                    continue  # the API server types metadata.name for root rules itself
                 target = node
                 for name in match.group(1).strip(".").split("."):
                     assert name in target.get("properties", {}), f"{path}: {rule['rule']}"
@@ -262,6 +264,20 @@ def test_cel_rules_only_touch_typed_and_bounded_fields(
             assert "maxProperties" in node, path
         if node.get("type") == "string" and "enum" not in node:
             assert "maxLength" in node, path
+
+
+def test_experiment_names_are_checked_on_create_only(
+    generated: dict[str, dict[str, Any]],
+) -> None:
+    root_rules = schema_of(generated[EXPERIMENTS])["x-kubernetes-validations"]
+    (name_rule,) = [r for r in root_rules if "metadata.name" in r["rule"]]
+    # A rule at the root runs on every write, status writes included, unless it is skipped
+    # when there is an old object (a name never changes).
+    assert name_rule["optionalOldSelf"] is True
+    assert name_rule["rule"].startswith("oldSelf.hasValue() || ")
+    assert "63" in name_rule["rule"]
+    assert "'.'" in name_rule["rule"]
+    assert name_rule["message"].startswith("metadata.name:")
 
 
 def test_committed_crds_match_the_models() -> None:

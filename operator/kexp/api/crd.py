@@ -289,14 +289,31 @@ def _crd(
     }
 
 
+#: An Experiment's name becomes the value of the ``kexp.io/experiment`` label on its Jobs and
+#: pods (63 characters at most) and, for a multi-node run, part of each pod's hostname (a DNS
+#: label: no dots). The CLI refuses such names itself; this rule refuses them at ``kubectl
+#: apply`` instead of leaving the operator unable to create the Job. A name never changes, so
+#: the rule runs on create only: a rule at the root would otherwise run on every status write.
+EXPERIMENT_NAME_RULE: Final = {
+    "rule": "oldSelf.hasValue() || "
+    "(self.metadata.name.size() <= 63 && !self.metadata.name.contains('.'))",
+    "optionalOldSelf": True,
+    "message": "metadata.name: at most 63 characters and no dots (a DNS label): it labels the "
+    "Experiment's Jobs and pods, and label values are 63 characters at most",
+    "reason": "FieldValueInvalid",
+}
+
+
 def experiment_crd() -> dict[str, Any]:
     """The CustomResourceDefinition of Experiment."""
+    schema = _object_root(models.Experiment)
+    schema.setdefault("x-kubernetes-validations", []).append(dict(EXPERIMENT_NAME_RULE))
     return _crd(
         kind=models.EXPERIMENT_KIND,
         plural=models.EXPERIMENT_PLURAL,
         singular=models.EXPERIMENT_SINGULAR,
         short_names=models.EXPERIMENT_SHORT_NAMES,
-        schema=_object_root(models.Experiment),
+        schema=schema,
         status=True,
         columns=[
             _printer_column("Phase", ".status.phase", "string", "Where the run is."),
