@@ -194,6 +194,23 @@ def audit_event(namespace: str, i: int) -> dict[str, Any]:
     }
 
 
+async def write_statuses(api: Rest, concurrency: int, path: str, n: int) -> float:
+    """Seconds to write PENDING_STATUS into exp-0 .. exp-(n-1) at ``path`` (one merge patch
+    each, ``concurrency`` in flight)."""
+
+    async def write(i: int) -> None:
+        await api.request(
+            "PATCH",
+            f"{path}/exp-{i}/status",
+            body={"status": PENDING_STATUS},
+            content_type="application/merge-patch+json",
+        )
+
+    started = time.monotonic()
+    await bounded(concurrency, [write(i) for i in range(n)])
+    return time.monotonic() - started
+
+
 async def floor_phase(n: int, namespace: str, concurrency: int) -> dict[str, float]:
     """Rates of the other writes every Experiment costs, with no operator running: creating the
     Experiment and its ConfigMap (any operator), one status write and one Event (kexp's)."""
@@ -208,17 +225,7 @@ async def floor_phase(n: int, namespace: str, concurrency: int) -> dict[str, flo
         api, concurrency, f"/api/v1/namespaces/{namespace}/configmaps", configmaps
     )
 
-    async def write_status(i: int) -> None:
-        await api.request(
-            "PATCH",
-            f"{exp_path}/exp-{i}/status",
-            body={"status": PENDING_STATUS},
-            content_type="application/merge-patch+json",
-        )
-
-    started = time.monotonic()
-    await bounded(concurrency, [write_status(i) for i in range(n)])
-    status_s = time.monotonic() - started
+    status_s = await write_statuses(api, concurrency, exp_path, n)
     event_s = await create_all(
         api, concurrency, f"/api/v1/namespaces/{namespace}/events",
         [audit_event(namespace, i) for i in range(n)],

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.operator_throughput import PENDING_STATUS, bounded, create_all, experiment_body, rest
+from bench.operator_throughput import create_all, experiment_body, rest, write_statuses
 from bench.stacks import bench_stack, experiment_namespaces
 from kexp.kube.client import sync_api_client
 from kexp.kube.crds import apply_crds, load_crds
@@ -99,18 +99,7 @@ async def status_write_seconds(namespace: str, n: int, concurrency: int) -> floa
     api = rest()
     path = f"/apis/kexp.io/v1alpha1/namespaces/{namespace}/experiments"
     await create_all(api, concurrency, path, [experiment_body(i) for i in range(n)])
-
-    async def write(i: int) -> None:
-        await api.request(
-            "PATCH",
-            f"{path}/exp-{i}/status",
-            body={"status": PENDING_STATUS},
-            content_type="application/merge-patch+json",
-        )
-
-    started = time.monotonic()
-    await bounded(concurrency, [write(i) for i in range(n)])
-    elapsed = time.monotonic() - started
+    elapsed = await write_statuses(api, concurrency, path, n)
     await api.close()
     return elapsed
 
