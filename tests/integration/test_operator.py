@@ -334,6 +334,52 @@ def test_operator_crash_between_job_create_and_status_write_creates_no_second_jo
         client.CoreV1Api(kube).delete_namespace(ns)
 
 
+def test_statuses_held_while_the_operator_is_behind_are_all_written(
+    stack: Stack, kube: Any, crds: None, tmp_path: Any
+) -> None:
+    """A burst with the threshold at 1 (behind whenever two passes overlap): every run still
+    ends with its whole status, one Job and one Event per step."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kexp.dev import cluster
+
+    ns = f"r-held-{secrets.token_hex(3)}"
+    cluster.ensure_namespace(kube, ns)
+    cluster.apply_s3_secret(kube, ns, stack.s3_credentials())
+    lab = Lab(kube, ns)
+    op = OperatorProcess(stack, [ns], tmp_path / "op.log", env={"KEXP_DEFER_STATUS_ABOVE": "1"})
+    try:
+        op.wait_ready()
+        names = [f"burst-{i}" for i in range(16)]
+        with ThreadPoolExecutor(8) as pool:
+            run_for = {"sim.kexp.io/run-for": "2s"}
+            list(pool.map(lambda n: lab.create(experiment(n, annotations=run_for)), names))
+        for name in names:
+            done = lab.wait_phase(name, "Succeeded", timeout_s=120)
+            assert done["jobs"] == {"train": f"{name}-train"}
+            conditions = {c["type"]: c["status"] for c in done["conditions"]}
+            assert conditions["JobCreated"] == "True"
+            assert conditions["Completed"] == "True"
+            prov = done["provenance"]
+            assert prov["submittedAt"] <= prov["startedAt"] <= prov["completedAt"]
+            assert len(lab.jobs(name)) == 1
+            reasons = [r for _t, r, _m in lab.events(name)]
+            assert reasons.count("JobCreated") == 1, reasons
+        url = f"http://127.0.0.1:{op.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        held = next(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("kexp_operator_status_writes_held_total ")
+        )
+        assert held > 0, "no status was held: the burst did not exercise the path"
+    finally:
+        op.stop()
+        client.CoreV1Api(kube).delete_namespace(ns)
+
+
 @pytest.fixture
 def unwatched_namespace(kube: Any, stack: Stack) -> Any:
     """A namespace the session operator does not watch (it watches t-*)."""
@@ -344,6 +390,27 @@ def unwatched_namespace(kube: Any, stack: Stack) -> Any:
     cluster.apply_s3_secret(kube, name, stack.s3_credentials())
     yield name
     client.CoreV1Api(kube).delete_namespace(name)
+
+
+def in_process_memo(posted: list[tuple[str, str]]) -> Any:
+    """The state configure() gives the operator, for a pass run in this process (the
+    caller closes ``memo.kube``)."""
+    import kopf
+
+    from kexp.handlers.experiments import Deferrals
+    from kexp.handlers.metrics import OperatorMetrics
+    from kexp.kube import aio
+    from kexp.render.settings import RenderSettings
+
+    memo = kopf.Memo()
+    memo.post_event = lambda _body, kind, reason, _message: posted.append((kind, reason))
+    memo.kube = aio.Kube.connect(kopf.OperatorSettings())
+    memo.metrics = OperatorMetrics()
+    memo.render = RenderSettings(trainer_image="kexp/trainer:test")
+    memo.locks, memo.bodies, memo.failures, memo.retries, memo.written = {}, {}, {}, {}, {}
+    memo.running, memo.shared = set(), {"indexes": None, "secrets": {}}
+    memo.deferrals = Deferrals()
+    return memo
 
 
 def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
@@ -357,12 +424,8 @@ def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
     namespace = unwatched_namespace
     import asyncio
 
-    import kopf
-
     from kexp.handlers.experiments import Indexes, reconcile
     from kexp.handlers.metrics import OperatorMetrics
-    from kexp.kube import aio
-    from kexp.render.settings import RenderSettings
 
     monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))
     lab = Lab(kube, namespace)
@@ -375,13 +438,7 @@ def test_a_409_on_the_status_write_is_retried_with_a_fresh_read(
     posted: list[tuple[str, str]] = []
 
     async def one_pass() -> OperatorMetrics:
-        memo = kopf.Memo()
-        memo.post_event = lambda _body, kind, reason, _message: posted.append((kind, reason))
-        memo.kube = aio.Kube.connect(kopf.OperatorSettings())
-        memo.metrics = OperatorMetrics()
-        memo.render = RenderSettings(trainer_image="kexp/trainer:test")
-        memo.locks, memo.bodies, memo.failures, memo.retries, memo.written = {}, {}, {}, {}, {}
-        memo.running, memo.shared = set(), {"indexes": None, "secrets": {}}
+        memo = in_process_memo(posted)
         empty: dict[Any, Any] = {}
         try:
             indexes = Indexes(empty, empty, empty, empty, empty, empty)
@@ -561,3 +618,54 @@ def test_progress_from_the_heartbeat_and_stalled_when_it_stops(
     condition = wait_until(stalled, what="Stalled")
     assert "no progress heartbeat for" in condition["message"]
     assert "last at step 410" in condition["message"]
+
+
+def test_a_status_held_by_an_operator_that_stays_behind_is_written_in_the_end(
+    stack: Stack,
+    kube: Any,
+    unwatched_namespace: str,
+    crds: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pass in-process with the operator behind throughout: the status waits in memory, and
+    the longest wait (KEXP_MAX_STATUS_DEFER_S, here 1 s) ends it with a real write."""
+    import asyncio
+
+    from kexp.handlers import experiments
+    from kexp.handlers.experiments import Deferrals, Indexes, reconcile
+
+    monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))
+    monkeypatch.setattr(experiments, "MAX_DEFER_S", 1.0)
+    namespace = unwatched_namespace
+    lab = Lab(kube, namespace)
+    body = lab.create(experiment("held"))
+    posted: list[tuple[str, str]] = []
+
+    async def behind_throughout() -> dict[str, Any]:
+        memo = in_process_memo(posted)
+        memo.deferrals = Deferrals(threshold=1, in_flight=100)
+        empty: dict[Any, Any] = {}
+        indexes = Indexes({(namespace, "held"): [body]}, empty, empty, empty, empty, empty)
+        try:
+            await reconcile(memo, namespace, "held", body, indexes)
+            seen: dict[str, Any] = {
+                "held": dict(memo.deferrals.statuses),
+                "stored": lab.status("held"),
+                "jobs": len(lab.jobs("held")),
+            }
+            await asyncio.sleep(3)  # the longest wait passes; the flush pass writes
+            seen["flushes left"] = len(memo.deferrals.flushes)
+            seen["held after"] = dict(memo.deferrals.statuses)
+        finally:
+            await memo.kube.close()
+        return seen
+
+    seen = asyncio.run(behind_throughout())
+    assert seen["jobs"] == 1  # the Job was created at once
+    assert seen["stored"] == {}  # while its status waited in memory
+    assert seen["held"][(namespace, "held")]["phase"] == "Pending"
+    assert (seen["flushes left"], seen["held after"]) == (0, {})
+    status = lab.status("held")
+    assert (status["phase"], status["jobs"]) == ("Pending", {"train": "held-train"})
+    assert status == seen["held"][(namespace, "held")]
+    assert posted == [("Normal", "JobCreated")]  # one Event, not one per pass

@@ -8,8 +8,15 @@ from typing import Any
 import pytest
 
 from kexp.api.reports import CheckpointsReport, ProgressReport, ResultsReport
-from kexp.handlers.experiments import API_FUNCTIONS
-from kexp.handlers.plan import Observed, Plan, StorageError, plan_pass, wanted_labels
+from kexp.handlers.experiments import API_FUNCTIONS, Deferrals
+from kexp.handlers.plan import (
+    Observed,
+    Plan,
+    StorageError,
+    may_defer_status,
+    plan_pass,
+    wanted_labels,
+)
 from kexp.render.settings import RenderSettings
 
 SETTINGS = RenderSettings(trainer_image="kexp/trainer:test")
@@ -200,6 +207,46 @@ def test_an_oom_killed_run_fails_with_a_warning_naming_it() -> None:
     kind, reason, message = p.events[0]
     assert (kind, reason) == ("Warning", "OOMKilled")
     assert "exit code 137 (OOMKilled)" in message
+
+
+def test_only_a_run_under_way_may_hold_its_status_while_the_operator_is_behind() -> None:
+    created = plan(exp_body())
+    assert may_defer_status(created.status, Observed())  # its Job is in the API server
+    running = plan(exp_body(status=created.status), Observed(job=job(active=1), pods=[RUNNING_POD]))
+    assert may_defer_status(running.status, Observed(job=job(active=1)))
+    done = plan(exp_body(status=running.status), Observed(job=job(("Complete", ""))))
+    assert not may_defer_status(done.status, Observed())  # a finished record is written at once
+    missing = StorageError("S3SecretMissing", "Secret 'kexp-s3' not found")
+    waiting = plan(exp_body(), Observed(storage_error=missing))
+    assert not may_defer_status(waiting.status, Observed())  # no Job: nothing to recompute from
+    invalid = plan(exp_body(spec={"algorithm": "PPO"}))
+    assert invalid.status["phase"] == "Pending"
+    assert not may_defer_status(invalid.status, Observed())  # the user must act on it
+    spec = exp_body()["spec"]
+    del spec["source"]["commit"]
+    resolved = Observed(resolved_commit="b" * 40)
+    # A branch resolved now could resolve to another commit after a restart.
+    assert not may_defer_status(plan(exp_body(spec=spec), resolved).status, resolved)
+
+
+def test_a_pass_over_a_held_status_goes_on_from_it() -> None:
+    held = plan(exp_body()).status  # never written: the stored status is still empty
+    running = plan(exp_body(status=held), Observed(job=job(active=1), pods=[RUNNING_POD]))
+    # One Event per step: JobCreated was posted with the held status, not again.
+    assert running.events == [("Normal", "PodRunning", "the trainer is running")]
+    assert cond(running, "JobCreated") == next(
+        c for c in held["conditions"] if c["type"] == "JobCreated"
+    )
+
+
+@pytest.mark.parametrize(
+    ("threshold", "in_flight", "behind"),
+    [(32, 33, True), (32, 32, False), (1, 2, True), (0, 1000, False)],
+)
+def test_the_operator_is_behind_with_more_passes_in_flight_than_the_threshold(
+    threshold: int, in_flight: int, behind: bool
+) -> None:
+    assert Deferrals(threshold=threshold, in_flight=in_flight).behind() is behind
 
 
 def test_unschedulable_pod_is_a_pending_warning() -> None:

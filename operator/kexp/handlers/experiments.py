@@ -3,9 +3,10 @@
 Every event (an Experiment changed, its Job or a pod moved, a template appeared, an
 experiment it waits for finished) leads to the same pass: read the Experiment and what the
 watch indexes hold, ``plan_pass`` decides, and this module carries the plan out: labels,
-create-if-absent children, one status write guarded by resourceVersion, Events. A pass that
-loses a write race (409) re-reads and runs again. Nothing is polled; restarting the operator
-replays the watches, and deterministic child names make the replay create nothing twice.
+create-if-absent children, one status write guarded by resourceVersion (held in memory for
+a while when the operator is behind: see Deferrals), Events. A pass that loses a write race
+(409) re-reads and runs again. Nothing is polled; restarting the operator replays the
+watches, and deterministic child names make the replay create nothing twice.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 import kopf
@@ -32,6 +34,7 @@ from kexp.handlers.plan import (
     Observed,
     Plan,
     StorageError,
+    may_defer_status,
     plan_pass,
 )
 from kexp.handlers.provenance import SourceError, is_commit, resolve_revision
@@ -69,10 +72,47 @@ SECRET_MISSING_TTL_S = 3.0
 STALL_AFTER_S = float(os.environ.get("KEXP_STALL_SECONDS", "600"))
 #: How long the answer to "does the cluster serve KubeRay's RayJob?" is reused.
 KUBERAY_TTL_S = 30.0
+#: With more passes than this in flight the operator is behind, and the status of a run whose
+#: workload exists waits in memory until it has caught up (see Deferrals). 0 turns it off.
+DEFER_WHEN_IN_FLIGHT = int(os.environ.get("KEXP_DEFER_STATUS_ABOVE", "32"))
+#: The longest a status waits in memory, however far behind the operator stays.
+MAX_DEFER_S = float(os.environ.get("KEXP_MAX_STATUS_DEFER_S", "15"))
+#: Held statuses written at once when the operator has caught up.
+FLUSH_WORKERS = 8
 API_FUNCTIONS = ApiFunctions(
     validate=validate_spec, merge_template=models.merge_template, config_hash=models.config_hash
 )
 Key = tuple[str, str]
+
+
+@dataclass
+class Deferrals:
+    """Status writes held back while the operator is behind.
+
+    A burst of applies leaves hundreds of passes in flight, and on a busy API server an
+    Experiment's status write costs about as much as creating its Job. While more than
+    ``DEFER_WHEN_IN_FLIGHT`` passes are in flight, a pass whose run's workload exists keeps its
+    status here instead of writing it (``may_defer_status`` says which may wait): the Jobs of
+    the burst are created first, and a run that moved from Pending to Running meanwhile gets
+    one write instead of two. Every pass reads its Experiment with the held status in place, so
+    conditions, Events and provenance carry on from it. Once the passes in flight fall to the
+    threshold, or after ``MAX_DEFER_S`` at the latest, each held status gets a pass that writes
+    it, ``FLUSH_WORKERS`` at a time. A restart loses nothing that cannot be recomputed: the
+    workload is in the API server.
+    """
+
+    threshold: int = DEFER_WHEN_IN_FLIGHT
+    in_flight: int = 0
+    statuses: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    #: Held statuses without a pass scheduled to write them yet.
+    unflushed: set[Key] = field(default_factory=set)
+    #: Passes writing held statuses, until they end.
+    flushes: set[asyncio.Future[None]] = field(default_factory=set)
+    flush_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(FLUSH_WORKERS))
+
+    def behind(self) -> bool:
+        """Whether the operator is behind: more passes in flight than the threshold."""
+        return self.threshold > 0 and self.in_flight > self.threshold
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -142,6 +182,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.failures = {}
     memo.retries = {}
     memo.running = set()
+    memo.deferrals = Deferrals()
     memo.shared = {"indexes": None, "secrets": {}, "kuberay": None}
     memo.progress_task = asyncio.get_running_loop().create_task(_poll_progress(memo))
     log.info("kexp operator started; trainer image %s", memo.render.trainer_image)
@@ -285,7 +326,7 @@ async def on_experiment(
     indexes = Indexes.of(kwargs)
     if type == "DELETED":
         memo.metrics.forget((namespace, name))
-        for cache in (memo.bodies, memo.locks, memo.written):
+        for cache in (memo.bodies, memo.locks, memo.written, memo.deferrals.statuses):
             cache.pop((namespace, name), None)
         return
     key = (namespace, name)
@@ -718,8 +759,18 @@ def _newest(memo: kopf.Memo, key: Key, body: dict[str, Any]) -> dict[str, Any]:
     return _remember(memo, key, body)
 
 
-async def _carry_out(memo: kopf.Memo, body: dict[str, Any], plan: Plan) -> None:
+def _with_held_status(body: dict[str, Any], held: dict[str, Any] | None) -> dict[str, Any]:
+    """The Experiment as a pass sees it: its status replaced by one held in memory, if any."""
+    return body if held is None else {**body, "status": held}
+
+
+async def _carry_out(memo: kopf.Memo, body: dict[str, Any], plan: Plan, *, defer: bool) -> None:
+    """Labels, children, the status write (held in memory instead when ``defer``), Events.
+
+    ``body`` is the Experiment as stored: the status is written when it differs from that.
+    """
     kube: aio.Kube = memo.kube
+    deferrals: Deferrals = memo.deferrals
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     key = (ns, name)
@@ -738,12 +789,45 @@ async def _carry_out(memo: kopf.Memo, body: dict[str, Any], plan: Plan) -> None:
     ):
         # Fault injection for the crash-recovery test: die between create and status write.
         os._exit(17)
-    if plan.status != (body.get("status") or {}):
+    if plan.status == (body.get("status") or {}):
+        deferrals.statuses.pop(key, None)
+    elif defer:
+        if deferrals.statuses.get(key) != plan.status:
+            memo.metrics.held_statuses.inc()
+        deferrals.statuses[key] = plan.status
+        if key not in deferrals.unflushed:
+            deferrals.unflushed.add(key)
+            asyncio.get_running_loop().call_later(MAX_DEFER_S, _flush, memo, [key])
+    else:
         written = await kube.patch_experiment_status(ns, name, plan.status, resource_version)
         memo.written[key] = written["metadata"]["resourceVersion"]
+        deferrals.statuses.pop(key, None)
         _remember(memo, key, written)
     for kind, reason, message in plan.events:
         memo.post_event(body, kind, reason, message)
+
+
+def _flush(memo: kopf.Memo, keys: list[Key]) -> None:
+    """Schedule the write of each status still held (see _write_held)."""
+    deferrals: Deferrals = memo.deferrals
+    for key in keys:
+        deferrals.unflushed.discard(key)
+        task = asyncio.ensure_future(_write_held(memo, key))
+        # The loop keeps only weak references to tasks.
+        deferrals.flushes.add(task)
+        task.add_done_callback(deferrals.flushes.discard)
+
+
+async def _write_held(memo: kopf.Memo, key: Key) -> None:
+    """A pass that writes the status held for ``key``, however far behind the operator is (a
+    flush that held its statuses again would only go round). FLUSH_WORKERS at a time: a
+    thousand held statuses written at once would queue new runs' Jobs behind them."""
+    deferrals: Deferrals = memo.deferrals
+    async with deferrals.flush_slots:
+        indexes = memo.shared["indexes"]
+        body = _one(indexes.experiments, key) if indexes is not None else None
+        if key in deferrals.statuses and body is not None:
+            await reconcile(memo, key[0], key[1], body, indexes, write_held=True)
 
 
 async def reconcile(
@@ -754,22 +838,52 @@ async def reconcile(
     indexes: Indexes,
     *,
     read_progress: bool = False,
+    write_held: bool = False,
 ) -> None:
-    """One serialized pass for one Experiment, retried on write conflicts."""
+    """One serialized pass for one Experiment, retried on write conflicts.
+
+    ``write_held``: write the status even while the operator is behind (see Deferrals).
+    """
+    deferrals: Deferrals = memo.deferrals
+    deferrals.in_flight += 1
+    try:
+        await _serialized_pass(memo, namespace, name, body, indexes, read_progress, write_held)
+    finally:
+        deferrals.in_flight -= 1
+        if deferrals.unflushed and not deferrals.behind():
+            _flush(memo, sorted(deferrals.unflushed))
+
+
+async def _serialized_pass(
+    memo: kopf.Memo,
+    namespace: str,
+    name: str,
+    body: dict[str, Any],
+    indexes: Indexes,
+    read_progress: bool,
+    write_held: bool,
+) -> None:
     key = (namespace, name)
     lock: asyncio.Lock = memo.locks.setdefault(key, asyncio.Lock())
     metrics: OperatorMetrics = memo.metrics
+    deferrals: Deferrals = memo.deferrals
     async with lock:
         started = time.perf_counter()
         body = _newest(memo, key, body)
         try:
             for _attempt in range(MAX_CONFLICT_RETRIES):
-                observed = await _observe(memo, namespace, body, indexes, read_progress)
+                seen = _with_held_status(body, deferrals.statuses.get(key))
+                observed = await _observe(memo, namespace, seen, indexes, read_progress)
                 plan = plan_pass(
-                    body, observed, api=API_FUNCTIONS, settings=memo.render, now=_now()
+                    seen, observed, api=API_FUNCTIONS, settings=memo.render, now=_now()
+                )
+                defer = (
+                    not write_held
+                    and deferrals.behind()
+                    and may_defer_status(plan.status, observed)
                 )
                 try:
-                    await _carry_out(memo, body, plan)
+                    await _carry_out(memo, body, plan, defer=defer)
                 except aio.Conflict:
                     metrics.reconciles.labels(result="conflict").inc()
                     fresh = await memo.kube.get_experiment(namespace, name)
@@ -778,7 +892,7 @@ async def reconcile(
                     body = _remember(memo, key, fresh)
                     continue
                 metrics.reconciles.labels(result="ok").inc()
-                metrics.observe(key, body.get("status") or {}, plan.status)
+                metrics.observe(key, seen.get("status") or {}, plan.status)
                 # kopf hands each object a shallow copy of the memo: only shared containers
                 # reach the progress loop, so the indexes go into one.
                 memo.shared["indexes"] = indexes

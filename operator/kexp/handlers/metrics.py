@@ -53,6 +53,12 @@ class OperatorMetrics:
             ["operation"],
             registry=self.registry,
         )
+        self.held_statuses = Counter(
+            "kexp_operator_status_writes_held_total",
+            "Status writes held in memory while the operator was behind (written once it caught "
+            "up, merged with any later change).",
+            registry=self.registry,
+        )
         self.stalled = Gauge(
             "kexp_operator_experiments_stalled",
             "Running experiments whose trainer heartbeat stopped (condition Stalled=True).",

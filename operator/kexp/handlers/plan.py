@@ -141,6 +141,24 @@ def wanted_labels(meta: dict[str, Any], spec: dict[str, Any]) -> dict[str, str |
     return changes
 
 
+def may_defer_status(status: dict[str, Any], observed: Observed) -> bool:
+    """Whether this status may wait in the operator's memory while it is behind.
+
+    Only a run whose workload exists and is under way: its Job or RayJob is in the API server,
+    so the status can be recomputed from it after a restart, and a pass follows on its next
+    event or flush anyway. A commit just resolved from a branch is written at once (a restart
+    would resolve the branch again, maybe to another commit), and so is anything the user must
+    act on (a problem reason) and a finished record.
+    """
+    started = (condition(status.get("conditions") or [], "JobCreated") or {}).get("status")
+    return (
+        started == "True"
+        and status.get("phase") in ("Pending", "Running")
+        and status.get("reason") not in PROBLEM_REASONS
+        and observed.resolved_commit is None
+    )
+
+
 def _init_from_chain(name: str, first: str, experiments: Mapping[str, dict[str, Any]]) -> str:
     """Raise SpecProblem when following ``initFrom`` from ``name`` comes back to it."""
     chain = [name]
