@@ -653,7 +653,10 @@ def test_a_status_held_by_an_operator_that_stays_behind_is_written_in_the_end(
                 "stored": lab.status("held"),
                 "jobs": len(lab.jobs("held")),
             }
-            await asyncio.sleep(3)  # the longest wait passes; the flush pass writes
+            # The longest wait (1 s) passes: the loop runs its timer before this sleep ends, and
+            # the flush pass it started, if still going, is awaited however slow the machine.
+            await asyncio.sleep(1.2)
+            await asyncio.wait_for(asyncio.gather(*memo.deferrals.flushes), timeout=30)
             seen["flushes left"] = len(memo.deferrals.flushes)
             seen["held after"] = dict(memo.deferrals.statuses)
         finally:
