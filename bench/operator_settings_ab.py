@@ -28,6 +28,7 @@ from bench.operator_throughput import (
     api_requests,
     component_cpu,
     cpu_delta,
+    cpu_shares,
     operator_phase,
     wait_gone,
     wait_quiet,
@@ -66,7 +67,12 @@ def one_phase(
     writes_before = status_writes(stack)
     with operator_process(stack, ns, env) as op:
         cpu_before = component_cpu(stack)
-        result = asyncio.run(operator_phase(n, ns, concurrency, op.pid, 600))
+        own = {"kexp operator": op.pid}
+        result = asyncio.run(
+            operator_phase(
+                n, ns, concurrency, op.pid, 600, cpu_now=lambda: component_cpu(stack, own)
+            )
+        )
         cpu = cpu_delta(cpu_before, component_cpu(stack))
     row: dict[str, object] = {
         "variant": name,
@@ -79,6 +85,13 @@ def one_phase(
         "operator_peak_rss_mb": round(result["operator_peak_rss_mb"], 1),
         "status_writes": status_writes(stack) - writes_before,
         "kube_apiserver_cpu_s": cpu.get("kube-apiserver"),
+        # Where the machine's CPU went while the Jobs were being created.
+        "burst_cpu_share": {
+            name: round(share, 2)
+            for name, share in cpu_shares(
+                result["burst_cpu_seconds"], result["jobs_created_seconds"], os.cpu_count() or 1
+            ).items()
+        },
     }
     core.delete_namespace(ns)
     wait_gone(core, ns, timeout_s=600)

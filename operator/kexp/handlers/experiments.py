@@ -148,15 +148,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # (bench/operator_throughput.py, docs/operator.md run G).
     settings.posting.worker_limit = POSTING_WORKERS
     settings.persistence.diffbase_storage = NoDiffBase()
-    # kopf waits this long after an object's event for more before handling it; a pass is
-    # level-triggered and cheap, so a short window trades a few extra passes for latency.
-    settings.batching.batch_window = 0.01
     # kopf keeps each object's worker task (and what it holds) alive this long after its last
     # event, 5 s by default. A burst of 1000 applies left thousands of idle workers (one per
     # Experiment, Job and pod) alive at once: operator peak RSS 231 MB with 5 s, 201 MB with
     # 0.5 s (bench/operator_throughput.py), and less CPU. A worker that ends is started anew
-    # by the object's next event.
-    settings.batching.idle_timeout = 0.5
+    # by the object's next event. (kopf 1.45 renamed `batching` to `queueing` and dropped
+    # time-based batching: every event is handled, none waits for the next.)
+    settings.queueing.idle_timeout = 0.5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
