@@ -152,8 +152,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # event, 5 s by default. A burst of 1000 applies left thousands of idle workers (one per
     # Experiment, Job and pod) alive at once: operator peak RSS 231 MB with 5 s, 201 MB with
     # 0.5 s (bench/operator_throughput.py), and less CPU. A worker that ends is started anew
-    # by the object's next event. (kopf 1.45 renamed `batching` to `queueing` and dropped
-    # time-based batching: every event is handled, none waits for the next.)
+    # by the object's next event. (kopf's `batching` settings are now `queueing`, and its
+    # time-based batching is gone: every event is handled, none waits for the next.)
     settings.queueing.idle_timeout = 0.5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
