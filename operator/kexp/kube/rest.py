@@ -4,13 +4,13 @@ Why not kubernetes_asyncio: the operator only makes a handful of calls, and that
 builds model objects for every response and forces ``trust_env=True``, which makes aiohttp
 read ``~/.netrc`` and the proxy variables in a thread on every request. Credentials come from
 kopf's own login functions (service account in a cluster, else the kubeconfig), so there is
-one way of authenticating for the whole operator.
+one way of authenticating for the whole operator. JSON goes through orjson, about twice as
+fast as the standard library's on Kubernetes objects (see kexp.handlers.watch_decoding).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Mapping
@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import kopf
+import orjson
 
 
 class ApiError(Exception):
@@ -101,15 +102,16 @@ class Rest:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         """One call; the decoded JSON answer, or ApiError."""
-        data = json.dumps(body) if body is not None else None
+        data = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type} if data is not None else None
         async with self._session.request(
             method, self.server + path, data=data, params=params, headers=headers
         ) as resp:
-            text = await resp.text()
+            raw = await resp.read()
             if resp.status >= 300:
+                text = raw.decode("utf-8", errors="replace")
                 raise ApiError(resp.status, text, f"{method} {path}")
-            result: dict[str, Any] = json.loads(text) if text else {}
+            result: dict[str, Any] = orjson.loads(raw) if raw else {}
             return result
 
     async def watch(
@@ -123,4 +125,4 @@ class Rest:
                 raise ApiError(resp.status, await resp.text(), f"WATCH {path}")
             async for line in resp.content:
                 if line.strip():
-                    yield json.loads(line)
+                    yield orjson.loads(line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlparse
 
 from minio import Minio
@@ -33,6 +34,18 @@ def s3_client(creds: S3Credentials) -> Minio:
         secure=url.scheme == "https",
         region=creds.region,
     )
+
+
+@lru_cache(maxsize=16)
+def shared_s3_client(creds: S3Credentials) -> Minio:
+    """One client per set of credentials, reused (MinIO's clients are thread-safe).
+
+    Each client holds its own connection pool: a new client per read opened a new TCP
+    connection per read, and the operator reads a heartbeat of every running experiment every
+    few seconds. Building the client and connecting were about 5% of the operator's CPU
+    through a 1000-Experiment benchmark. New credentials (a rotated Secret) get a new client.
+    """
+    return s3_client(creds)
 
 
 def ensure_bucket(client: Minio, bucket: str) -> bool:
