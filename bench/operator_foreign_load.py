@@ -1,0 +1,141 @@
+"""What other workloads cost the operator: Jobs it does not own, run where it watches.
+
+A shared cluster runs more than kexp's Jobs, and an operator started with ``--all-namespaces``
+watches every namespace. Its handlers only take kexp's own Jobs and pods (the
+``app.kubernetes.io/managed-by=kexp`` label), but unless the API server applies that filter, every
+event of every other Job and pod still reaches the operator and is decoded first.
+
+In each round ``--count`` Jobs without kexp's labels are created (``--concurrency`` requests in
+flight) in a namespace a freshly started ``kexp-operator`` watches; kwok runs and completes
+their pods. The bench reports the operator's CPU seconds from the first creation until all of
+them have completed, and its CPU over the same length of time with nothing happening, measured
+first. ``--variant NAME:VAR=VALUE,...`` runs the operator with extra environment; with
+``PYTHONPATH`` pointing at another checkout's ``operator/`` it compares revisions:
+
+    .venv/bin/python -m bench.operator_foreign_load --count 1000
+    git worktree add /tmp/old <rev>
+    .venv/bin/python -m bench.operator_foreign_load --rounds 2 \\
+        --variant new:PYTHONPATH= --variant old:PYTHONPATH=/tmp/old/operator
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+from bench.operator_settings_ab import parse_variant
+from bench.operator_throughput import (
+    REPO,
+    create_all,
+    proc_stats,
+    rest,
+    spec,
+    unowned,
+    wait_gone,
+    wait_quiet,
+)
+from bench.stacks import bench_stack, experiment_namespaces, operator_process
+from kexp.dev.stack import Stack
+from kexp.kube.client import sync_api_client
+from kexp.kube.crds import apply_crds, load_crds
+from kexp.render.resolved import ResolvedExperiment
+from kexp.render.settings import RenderSettings
+from kexp.render.training import render_train_job
+
+
+def foreign(job: dict[str, Any]) -> dict[str, Any]:
+    """``job`` as another workload's: no owner, no kexp label on it or on its pods."""
+    job = unowned(job)
+    job["metadata"]["labels"] = {"app": "someone-else"}
+    job["spec"]["template"]["metadata"]["labels"] = {"app": "someone-else"}
+    return job
+
+
+def foreign_jobs(n: int, namespace: str) -> list[dict[str, Any]]:
+    settings = RenderSettings(trainer_image="other/trainer:bench")
+    return [
+        foreign(
+            render_train_job(
+                ResolvedExperiment(f"other-{i}", namespace, f"uid-{i}", spec()), settings
+            )
+        )
+        for i in range(n)
+    ]
+
+
+async def create_jobs(namespace: str, jobs: list[dict[str, Any]], concurrency: int) -> None:
+    client = rest()
+    try:
+        await create_all(client, concurrency, f"/apis/batch/v1/namespaces/{namespace}/jobs", jobs)
+    finally:
+        await client.close()
+
+
+def completed_jobs(batch: Any, namespace: str) -> int:
+    return sum(1 for j in batch.list_namespaced_job(namespace).items if (j.status.succeeded or 0))
+
+
+def one_round(
+    stack: Stack, api: Any, name: str, env: dict[str, str], n: int, concurrency: int
+) -> dict[str, object]:
+    core, batch = kubernetes.client.CoreV1Api(api), kubernetes.client.BatchV1Api(api)
+    ns = f"bench-foreign-{name}-{int(time.time())}"
+    experiment_namespaces(api, stack, ns)
+    wait_quiet(stack, "kube-controller-manager", "kwok")
+    jobs = foreign_jobs(n, ns)
+    with operator_process(stack, ns, env) as op:
+        cpu0 = proc_stats(op.pid)[0]
+        started = time.monotonic()
+        asyncio.run(create_jobs(ns, jobs, concurrency))
+        while completed_jobs(batch, ns) < n:
+            time.sleep(1)
+        busy_s = time.monotonic() - started
+        busy_cpu = proc_stats(op.pid)[0] - cpu0
+        # The same length of time again with nothing happening: the operator's own idle cost.
+        idle0 = proc_stats(op.pid)[0]
+        time.sleep(busy_s)
+        idle_cpu = proc_stats(op.pid)[0] - idle0
+        rss_mb = proc_stats(op.pid)[1] / 2**20
+    core.delete_namespace(ns)
+    wait_gone(core, ns, timeout_s=600)
+    return {
+        "variant": name,
+        "foreign_jobs": n,
+        "seconds_until_all_completed": round(busy_s, 1),
+        "operator_cpu_s": round(busy_cpu, 2),
+        "operator_cpu_s_idle_as_long": round(idle_cpu, 2),
+        "operator_cpu_ms_per_foreign_job": round(1000 * (busy_cpu - idle_cpu) / n, 3),
+        "operator_peak_rss_mb": round(rss_mb, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--variant", action="append", type=parse_variant, default=None)
+    parser.add_argument("--port-base", type=int, default=29900)
+    parser.add_argument("--state-dir", type=Path, default=None)
+    args = parser.parse_args()
+    variants = args.variant or [("current", {})]
+    with bench_stack(args.state_dir, args.port_base) as stack:
+        api = sync_api_client(stack.kubeconfig)
+        apply_crds(api, load_crds(REPO / "crds"))
+        os.environ["KUBECONFIG"] = str(stack.kubeconfig)
+        for _round in range(args.rounds):
+            for name, env in variants:
+                row = one_round(stack, api, name, env, args.count, args.concurrency)
+                print(json.dumps(row), flush=True)
+        api.close()
+
+
+if __name__ == "__main__":
+    main()
