@@ -627,8 +627,9 @@ def test_a_status_held_by_an_operator_that_stays_behind_is_written_in_the_end(
     crds: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A pass in-process with the operator behind throughout: the status waits in memory, and
-    the longest wait (KEXP_MAX_STATUS_DEFER_S, here 1 s) ends it with a real write."""
+    """A pass in-process with the operator behind throughout: the status and its Event wait in
+    memory, and the longest wait (KEXP_MAX_STATUS_DEFER_S, here 1 s) ends it with a real write
+    and then the Event."""
     import asyncio
 
     from kexp.handlers import experiments
@@ -652,6 +653,7 @@ def test_a_status_held_by_an_operator_that_stays_behind_is_written_in_the_end(
                 "held": dict(memo.deferrals.statuses),
                 "stored": lab.status("held"),
                 "jobs": len(lab.jobs("held")),
+                "posted while held": list(posted),
             }
             # The longest wait (1 s) passes: the loop runs its timer before this sleep ends, and
             # the flush pass it started, if still going, is awaited however slow the machine.
@@ -671,4 +673,6 @@ def test_a_status_held_by_an_operator_that_stays_behind_is_written_in_the_end(
     status = lab.status("held")
     assert (status["phase"], status["jobs"]) == ("Pending", {"train": "held-train"})
     assert status == seen["held"][(namespace, "held")]
-    assert posted == [("Normal", "JobCreated")]  # one Event, not one per pass
+    # The Event waited with the status it records, and came once, not once per pass.
+    assert seen["posted while held"] == []
+    assert posted == [("Normal", "JobCreated")]

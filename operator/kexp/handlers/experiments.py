@@ -111,18 +111,22 @@ class Deferrals:
     A burst of applies leaves hundreds of passes in flight, and on a busy API server an
     Experiment's status write costs about as much as creating its Job. While more than
     ``DEFER_WHEN_IN_FLIGHT`` passes are in flight, a pass whose run's workload exists keeps its
-    status here instead of writing it (``may_defer_status`` says which may wait): the Jobs of
-    the burst are created first, and a run that moved from Pending to Running meanwhile gets
-    one write instead of two. Every pass reads its Experiment with the held status in place, so
-    conditions, Events and provenance carry on from it. Once the passes in flight fall to the
-    threshold, or after ``MAX_DEFER_S`` at the latest, each held status gets a pass that writes
-    it, ``FLUSH_WORKERS`` at a time. A restart loses nothing that cannot be recomputed: the
-    workload is in the API server.
+    status here instead of writing it (``may_defer_status`` says which may wait), and its
+    Events with it (an Event follows the status write that records its step, and a burst's
+    Events cost the API server too): the Jobs of the burst are created first, and a run that
+    moved from Pending to Running meanwhile gets one write instead of two. Every pass reads its
+    Experiment with the held status in place, so conditions, Events and provenance carry on
+    from it. Once the passes in flight fall to the threshold, or after ``MAX_DEFER_S`` at the
+    latest, each held status gets a pass that writes it, ``FLUSH_WORKERS`` at a time. A restart
+    loses nothing that cannot be recomputed: the workload is in the API server, and a pass after
+    a restart derives the Events again from the status stored.
     """
 
     threshold: int = DEFER_WHEN_IN_FLIGHT
     in_flight: int = 0
     statuses: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    #: The Events of the passes whose statuses are held, posted once that status is written.
+    events: dict[Key, list[tuple[str, str, str]]] = field(default_factory=dict)
     #: Held statuses without a pass scheduled to write them yet.
     unflushed: set[Key] = field(default_factory=set)
     #: Passes writing held statuses, until they end.
@@ -346,7 +350,8 @@ async def on_experiment(
     indexes = Indexes.of(kwargs)
     if type == "DELETED":
         memo.metrics.forget((namespace, name))
-        for cache in (memo.bodies, memo.locks, memo.written, memo.deferrals.statuses):
+        deferrals = memo.deferrals
+        for cache in (memo.bodies, memo.locks, memo.written, deferrals.statuses, deferrals.events):
             cache.pop((namespace, name), None)
         return
     key = (namespace, name)
@@ -785,7 +790,8 @@ def _with_held_status(body: dict[str, Any], held: dict[str, Any] | None) -> dict
 
 
 async def _carry_out(memo: kopf.Memo, body: dict[str, Any], plan: Plan, *, defer: bool) -> None:
-    """Labels, children, the status write (held in memory instead when ``defer``), Events.
+    """Labels, children, the status write (held in memory instead when ``defer``), Events
+    (held with the status; posted after the write, with any held before).
 
     ``body`` is the Experiment as stored: the status is written when it differs from that.
     """
@@ -811,6 +817,7 @@ async def _carry_out(memo: kopf.Memo, body: dict[str, Any], plan: Plan, *, defer
         os._exit(17)
     if plan.status == (body.get("status") or {}):
         deferrals.statuses.pop(key, None)
+        events = deferrals.events.pop(key, []) + plan.events
     elif defer:
         if deferrals.statuses.get(key) != plan.status:
             memo.metrics.held_statuses.inc()
@@ -818,12 +825,15 @@ async def _carry_out(memo: kopf.Memo, body: dict[str, Any], plan: Plan, *, defer
         if key not in deferrals.unflushed:
             deferrals.unflushed.add(key)
             asyncio.get_running_loop().call_later(MAX_DEFER_S, _flush, memo, [key])
+        deferrals.events.setdefault(key, []).extend(plan.events)
+        events = []
     else:
         written = await kube.patch_experiment_status(ns, name, plan.status, resource_version)
         memo.written[key] = written["metadata"]["resourceVersion"]
         deferrals.statuses.pop(key, None)
         _remember(memo, key, written)
-    for kind, reason, message in plan.events:
+        events = deferrals.events.pop(key, []) + plan.events
+    for kind, reason, message in events:
         memo.post_event(body, kind, reason, message)
 
 
