@@ -11,6 +11,7 @@ kopf, and if a future kopf moves the call, the operator logs it and keeps kopf's
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import types
@@ -29,8 +30,6 @@ ORJSON_AS_JSON = types.SimpleNamespace(**{**vars(json), "loads": orjson.loads})
 
 def decode_watches_with_orjson() -> bool:
     """Make kopf decode watch events with orjson; False (and a log line) when it cannot."""
-    import importlib
-
     try:
         module = importlib.import_module(KOPF_STREAM_MODULE)
     except ImportError:
