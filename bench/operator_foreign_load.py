@@ -49,6 +49,9 @@ from kexp.render.resolved import ResolvedExperiment
 from kexp.render.settings import RenderSettings
 from kexp.render.training import render_train_job
 
+#: How long the foreign Jobs may take to complete (kwok completes them in seconds).
+COMPLETION_TIMEOUT_S = 600.0
+
 
 def foreign(job: dict[str, Any]) -> dict[str, Any]:
     """``job`` as another workload's: no owner, no kexp label on it or on its pods."""
@@ -94,7 +97,11 @@ def one_round(
         cpu0 = proc_stats(op.pid)[0]
         started = time.monotonic()
         asyncio.run(create_jobs(ns, jobs, concurrency))
-        while completed_jobs(batch, ns) < n:
+        while (done := completed_jobs(batch, ns)) < n:
+            if time.monotonic() - started > COMPLETION_TIMEOUT_S:
+                raise TimeoutError(
+                    f"{done} of {n} foreign Jobs completed after {COMPLETION_TIMEOUT_S:.0f}s"
+                )
             time.sleep(1)
         busy_s = time.monotonic() - started
         busy_cpu = proc_stats(op.pid)[0] - cpu0
