@@ -8,9 +8,10 @@ event of every other Job and pod still reaches the operator and is decoded first
 In each round ``--count`` Jobs without kexp's labels are created (``--concurrency`` requests in
 flight) in a namespace a freshly started ``kexp-operator`` watches; kwok runs and completes
 their pods. The bench reports the operator's CPU seconds from the first creation until all of
-them have completed, and its CPU over the same length of time with nothing happening, measured
-first. ``--variant NAME:VAR=VALUE,...`` runs the operator with extra environment; with
-``PYTHONPATH`` pointing at another checkout's ``operator/`` it compares revisions:
+them have completed, and its CPU over the same length of time again with nothing happening
+(its idle cost, measured right after). ``--variant NAME:VAR=VALUE,...`` runs the operator
+with extra environment; with ``PYTHONPATH`` pointing at another checkout's ``operator/`` it
+compares revisions:
 
     .venv/bin/python -m bench.operator_foreign_load --count 1000
     git worktree add /tmp/old <rev>
@@ -33,11 +34,10 @@ import kubernetes
 from bench.operator_settings_ab import parse_variant
 from bench.operator_throughput import (
     REPO,
+    bench_jobs,
     create_all,
     proc_stats,
     rest,
-    spec,
-    unowned,
     wait_gone,
     wait_quiet,
 )
@@ -45,32 +45,20 @@ from bench.stacks import bench_stack, experiment_namespaces, operator_process
 from kexp.dev.stack import Stack
 from kexp.kube.client import sync_api_client
 from kexp.kube.crds import apply_crds, load_crds
-from kexp.render.resolved import ResolvedExperiment
-from kexp.render.settings import RenderSettings
-from kexp.render.training import render_train_job
 
 #: How long the foreign Jobs may take to complete (kwok completes them in seconds).
 COMPLETION_TIMEOUT_S = 600.0
 
 
 def foreign(job: dict[str, Any]) -> dict[str, Any]:
-    """``job`` as another workload's: no owner, no kexp label on it or on its pods."""
-    job = unowned(job)
+    """``job`` (owned by nothing) as another workload's: no kexp label on it or on its pods."""
     job["metadata"]["labels"] = {"app": "someone-else"}
     job["spec"]["template"]["metadata"]["labels"] = {"app": "someone-else"}
     return job
 
 
 def foreign_jobs(n: int, namespace: str) -> list[dict[str, Any]]:
-    settings = RenderSettings(trainer_image="other/trainer:bench")
-    return [
-        foreign(
-            render_train_job(
-                ResolvedExperiment(f"other-{i}", namespace, f"uid-{i}", spec()), settings
-            )
-        )
-        for i in range(n)
-    ]
+    return [foreign(job) for job in bench_jobs(n, namespace, "other", "other/trainer:bench")]
 
 
 async def create_jobs(namespace: str, jobs: list[dict[str, Any]], concurrency: int) -> None:

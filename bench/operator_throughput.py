@@ -118,6 +118,21 @@ def unowned(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def bench_jobs(
+    n: int, namespace: str, prefix: str, image: str = "kexp/trainer:bench"
+) -> list[dict[str, Any]]:
+    """``n`` training Jobs as kexp renders them for ``spec()``, owned by no Experiment."""
+    settings = RenderSettings(trainer_image=image)
+    return [
+        unowned(
+            render_train_job(
+                ResolvedExperiment(f"{prefix}-{i}", namespace, f"uid-{i}", spec()), settings
+            )
+        )
+        for i in range(n)
+    ]
+
+
 def experiment_body(i: int) -> dict[str, Any]:
     return {
         "apiVersion": "kexp.io/v1alpha1",
@@ -142,15 +157,7 @@ async def direct_phase(
 ) -> dict[str, Any]:
     """Create ``n`` Jobs directly; ``cpu_now`` as in operator_phase, around the creations."""
     api = rest()
-    settings = RenderSettings(trainer_image="kexp/trainer:bench")
-    jobs = [
-        unowned(
-            render_train_job(
-                ResolvedExperiment(f"direct-{i}", namespace, f"uid-{i}", spec()), settings
-            )
-        )
-        for i in range(n)
-    ]
+    jobs = bench_jobs(n, namespace, "direct")
     before = cpu_now() if cpu_now is not None else {}
     elapsed = await create_all(
         api, concurrency, f"/apis/batch/v1/namespaces/{namespace}/jobs", jobs
