@@ -103,3 +103,36 @@ def test_oci_archive_names_every_ref_and_holds_every_blob(tmp_path: Path) -> Non
     assert {m["digest"] for m in index["manifests"]} == {image.digest}
     assert f"blobs/sha256/{layer.digest[7:]}" in names
     assert f"blobs/sha256/{image.digest[7:]}" in names
+
+
+def _ended_pod(terminated: dict[str, object], **status: object) -> dict[str, object]:
+    return {
+        "metadata": {"name": "rn-train-x"},
+        "spec": {"containers": [{"name": "trainer", "resources": {"limits": {"memory": "2Gi"}}}]},
+        "status": {
+            "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
+            **status,
+        },
+    }
+
+
+def test_termination_summary_names_the_oom_kill_and_the_limit_to_raise() -> None:
+    summary = realnode.termination_summary(_ended_pod({"exitCode": 137, "reason": "OOMKilled"}))
+    assert "exit code 137 (OOMKilled)" in summary
+    assert "its memory limit is 2Gi (spec.resources.memory)" in summary
+
+
+def test_termination_summary_names_an_eviction_and_says_no_oom() -> None:
+    pod = _ended_pod(
+        {"exitCode": 137, "reason": "Error"},
+        reason="Evicted",
+        message="The node was low on resource: memory.",
+    )
+    summary = realnode.termination_summary(pod)
+    assert "pod rn-train-x: Evicted: The node was low on resource: memory." in summary
+    assert "memory limit" not in summary
+
+
+def test_termination_summary_of_a_pod_without_a_reason_says_so() -> None:
+    pod = {"metadata": {"name": "p"}, "spec": {}, "status": {}}
+    assert realnode.termination_summary(pod) == "pod p ended without a recorded reason"

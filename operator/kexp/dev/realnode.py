@@ -51,6 +51,7 @@ from kubernetes.client.rest import ApiException
 from kexp.api import contract
 from kexp.dev import images, pki, processes, toolchain
 from kexp.kube.client import sync_api_client
+from kexp.status.training import pod_problem
 
 if TYPE_CHECKING:
     from kexp.dev.stack import Stack
@@ -853,6 +854,27 @@ def _exit_code(pod: Any) -> int | None:
     return None
 
 
+def termination_summary(pod: dict[str, Any]) -> str:
+    """Why a trainer pod's container ended badly, as the kubelet recorded it, in one line.
+
+    The container's termination reason (OOMKilled with its memory limit, Error) and the pod's
+    own (Evicted, with the kubelet's message), so that a failed run says what to change.
+    """
+    name = pod.get("metadata", {}).get("name", "?")
+    parts = []
+    problem = pod_problem([pod])
+    if problem is not None:
+        parts.append(problem[1])
+    status = pod.get("status", {})
+    if status.get("reason"):
+        parts.append(f"pod {name}: {status['reason']}: {status.get('message', '')}".rstrip(": "))
+    containers = pod.get("spec", {}).get("containers") or [{}]
+    limit = (containers[0].get("resources") or {}).get("limits", {}).get("memory")
+    if problem is not None and problem[0] == "OOMKilled" and limit:
+        parts.append(f"its memory limit is {limit} (spec.resources.memory)")
+    return "; ".join(parts) or f"pod {name} ended without a recorded reason"
+
+
 def follow_trainer_pod(
     stack: Stack,
     name: str,
@@ -936,8 +958,15 @@ def follow_trainer_pod(
                     echo(chunk)
             finally:
                 stream.release_conn()
-            while (code := _exit_code(core.read_namespaced_pod(pod_name, namespace))) is None:
+            while True:
+                pod = core.read_namespaced_pod(pod_name, namespace)
+                if (code := _exit_code(pod)) is not None:
+                    break
                 time.sleep(0.5)
+            if code != 0:
+                # Exit 137 alone does not say whether the cgroup's OOM killer or the kubelet
+                # ended it: the reason the kubelet recorded does (OOMKilled, Evicted, Error).
+                log(termination_summary(api.sanitize_for_serialization(pod)))
         finally:
             prom.remove_target(target)
         return code
