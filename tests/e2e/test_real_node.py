@@ -104,34 +104,11 @@ def test_a_host_network_pod_runs_in_a_container(node_stack: Stack, kube: Any) ->
 def test_experiment_trains_in_a_container_on_the_real_node(
     node_stack: Stack, kube: Any, tmp_path: Path
 ) -> None:
-    from kexp.kube.crds import apply_crds, load_crds
-
-    apply_crds(kube, load_crds(REPO / "crds"))
-    cluster.ensure_namespace(kube, NS)
-    cluster.apply_s3_secret(kube, NS, node_stack.s3_credentials())
-    op = OperatorProcess(
-        node_stack,
-        [NS],
-        tmp_path / "operator.log",
-        env={"KEXP_TRAINER_IMAGE": "kexp.local/trainer:dev", "KEXP_IMAGE_PULL_POLICY": "Never"},
-    )
-    runner = CliRunner()
-    base = ["--kubeconfig", str(node_stack.kubeconfig), "-n", NS]
+    op = _operator(node_stack, kube, tmp_path)
     try:
-        op.wait_ready()
-        for argv in (
-            ["submit", *base, str(REPO / "examples/templates/cartpole-smoke.yaml"), "--no-source"],
-            ["new", *base, "rn", "--no-source", "-t", "cartpole-smoke",
-             "--set", "training.totalSteps=2048", "--apply"],
-        ):  # fmt: skip
-            result = runner.invoke(cli, argv, catch_exceptions=False)
-            assert result.exit_code == 0, result.output
+        _new_smoke_run(node_stack, "rn", "--set", "training.totalSteps=2048")
         started = time.monotonic()
-        trained = runner.invoke(
-            cli,
-            ["dev", "run-trainer", "--state-dir", str(node_stack.state_dir), "-n", NS, "rn"],
-            catch_exceptions=False,
-        )
+        trained = _run_trainer(node_stack, "rn")
         assert trained.exit_code == 0, trained.output[-3000:]
         assert "runs as a container on the real node" in trained.output
         assert "evaluation over 10 episodes" in trained.output
@@ -175,6 +152,95 @@ def test_experiment_trains_in_a_container_on_the_real_node(
         print(f"trained in a container in {time.monotonic() - started:.1f}s")
     finally:
         op.stop()
+
+
+def test_an_oom_killed_trainer_fails_its_experiment_with_the_reason(
+    node_stack: Stack, kube: Any, tmp_path: Path
+) -> None:
+    """A real cgroup OOM kill, not a simulated one: the kubelet's reason reaches the CLI, the
+    Experiment's status and its Events."""
+    op = _operator(node_stack, kube, tmp_path)
+    try:
+        # torch alone needs ~0.4 GB of heap: the trainer is killed while it imports.
+        _new_smoke_run(
+            node_stack, "rn-oom", "--set", "resources.memory=128Mi", "--set", "retry.backoffLimit=0"
+        )
+        trained = _run_trainer(node_stack, "rn-oom")
+        assert trained.exit_code == 137, trained.output[-3000:]
+        assert "exit code 137 (OOMKilled)" in trained.output
+        assert "its memory limit is 128Mi (spec.resources.memory)" in trained.output
+        failed = wait_until(
+            lambda: (
+                s
+                if (s := _experiment(kube, "rn-oom").get("status", {})).get("phase") == "Failed"
+                else None
+            ),
+            timeout_s=60,
+            what="rn-oom to be Failed",
+        )
+        assert failed["reason"] == "OOMKilled", failed
+        assert "exit code 137 (OOMKilled)" in failed["message"]
+        core = client.CoreV1Api(kube)
+        warning = wait_until(
+            lambda: next(
+                (
+                    e.message
+                    for e in core.list_namespaced_event(
+                        NS,
+                        field_selector="involvedObject.name=rn-oom,involvedObject.kind=Experiment",
+                    ).items
+                    if (e.type, e.reason) == ("Warning", "OOMKilled")
+                ),
+                None,
+            ),
+            timeout_s=30,
+            what="an OOMKilled Warning event of rn-oom",
+        )
+        assert "exit code 137 (OOMKilled)" in warning
+    finally:
+        op.stop()
+
+
+def _operator(node_stack: Stack, kube: Any, tmp_path: Path) -> OperatorProcess:
+    """CRDs, namespace and S3 Secret in place, and an operator that runs the local trainer
+    image on the real node, ready."""
+    from kexp.kube.crds import apply_crds, load_crds
+
+    apply_crds(kube, load_crds(REPO / "crds"))
+    cluster.ensure_namespace(kube, NS)
+    cluster.apply_s3_secret(kube, NS, node_stack.s3_credentials())
+    op = OperatorProcess(
+        node_stack,
+        [NS],
+        tmp_path / "operator.log",
+        env={"KEXP_TRAINER_IMAGE": "kexp.local/trainer:dev", "KEXP_IMAGE_PULL_POLICY": "Never"},
+    )
+    try:
+        op.wait_ready()
+    except BaseException:
+        op.stop()
+        raise
+    return op
+
+
+def _new_smoke_run(node_stack: Stack, name: str, *sets: str) -> None:
+    """Experiment ``name`` from the cartpole-smoke template (submitted first), applied."""
+    base = ["--kubeconfig", str(node_stack.kubeconfig), "-n", NS]
+    for argv in (
+        ["submit", *base, str(REPO / "examples/templates/cartpole-smoke.yaml"), "--no-source"],
+        ["new", *base, name, "--no-source", "-t", "cartpole-smoke", *sets, "--apply"],
+    ):
+        result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+
+def _run_trainer(node_stack: Stack, name: str) -> Any:
+    """``kexp dev run-trainer``: follows ``name``'s trainer pod on the real node to its end."""
+    return CliRunner().invoke(
+        cli,
+        ["dev", "run-trainer", "--state-dir", str(node_stack.state_dir), "-n", NS, name],
+        catch_exceptions=False,
+    )
 
 
 def _experiment(kube: Any, name: str) -> dict[str, Any]:

@@ -136,3 +136,8 @@ def test_termination_summary_names_an_eviction_and_says_no_oom() -> None:
 def test_termination_summary_of_a_pod_without_a_reason_says_so() -> None:
     pod = {"metadata": {"name": "p"}, "spec": {}, "status": {}}
     assert realnode.termination_summary(pod) == "pod p ended without a recorded reason"
+
+
+def test_termination_summary_of_an_eviction_without_a_message_ends_at_the_reason() -> None:
+    pod = _ended_pod({"exitCode": 137, "reason": "Error"}, reason="Evicted")
+    assert realnode.termination_summary(pod).endswith("; pod rn-train-x: Evicted")

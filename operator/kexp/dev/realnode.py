@@ -867,7 +867,8 @@ def termination_summary(pod: dict[str, Any]) -> str:
         parts.append(problem[1])
     status = pod.get("status", {})
     if status.get("reason"):
-        parts.append(f"pod {name}: {status['reason']}: {status.get('message', '')}".rstrip(": "))
+        detail = f": {status['message']}" if status.get("message") else ""
+        parts.append(f"pod {name}: {status['reason']}{detail}")
     containers = pod.get("spec", {}).get("containers") or [{}]
     limit = (containers[0].get("resources") or {}).get("limits", {}).get("memory")
     if problem is not None and problem[0] == "OOMKilled" and limit:
