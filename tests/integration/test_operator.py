@@ -75,6 +75,18 @@ class Lab:
         ).items
         return [(e.type, e.reason, e.message) for e in items]
 
+    def wait_events(
+        self, name: str, *reasons: str, timeout_s: float = 30
+    ) -> list[tuple[str, str, str]]:
+        """The Experiment's Events once each of ``reasons`` is among them. kopf posts Events in
+        the background, after the status write a test waits for: reading them at once races."""
+
+        def all_posted() -> list[tuple[str, str, str]] | None:
+            events = self.events(name)
+            return events if set(reasons) <= {r for _t, r, _m in events} else None
+
+        return wait_until(all_posted, timeout_s=timeout_s, what=f"Events {reasons} of {name}")
+
     def jobs(self, name: str) -> list[Any]:
         return list(
             self.batch.list_namespaced_job(
@@ -106,9 +118,7 @@ def test_experiment_goes_pending_running_succeeded_with_events(lab: Lab) -> None
     assert len(prov["configHash"]) == 16
     assert prov["submittedAt"] <= prov["startedAt"] <= prov["completedAt"]
     assert done["observedGeneration"] == 1
-    reasons = [r for _t, r, _m in lab.events("walk")]
-    for expected in ("JobCreated", "PodRunning", "JobComplete"):
-        assert expected in reasons
+    lab.wait_events("walk", "JobCreated", "PodRunning", "JobComplete")
     labels = lab.get("walk")["metadata"]["labels"]
     assert labels["kexp.io/tag.smoke"] == "true"
     assert len(lab.jobs("walk")) == 1
@@ -150,7 +160,8 @@ def test_an_unschedulable_gpu_request_surfaces_as_a_warning(lab: Lab) -> None:
     )
     assert status["phase"] == "Pending"
     assert "nvidia.com/gpu" in status["message"]
-    assert any(t == "Warning" and r == "Unschedulable" for t, r, _ in lab.events("huge"))
+    events = lab.wait_events("huge", "Unschedulable")
+    assert any(t == "Warning" and r == "Unschedulable" for t, r, _ in events)
 
 
 def test_multi_node_run_is_an_indexed_job_with_a_rendezvous_service(lab: Lab) -> None:
@@ -219,7 +230,7 @@ def test_template_missing_then_created(lab: Lab) -> None:
     validated = next(c for c in status["conditions"] if c["type"] == "Validated")
     assert validated["status"] == "False"
     assert "ppo-smoke" in validated["message"]
-    assert any(r == "TemplateNotFound" for _t, r, _m in lab.events("from-tpl"))
+    lab.wait_events("from-tpl", "TemplateNotFound")
 
     lab.create(
         {
@@ -257,7 +268,9 @@ def test_a_missing_s3_secret_is_a_condition_and_the_run_starts_once_it_exists(
     storage = next(c for c in status["conditions"] if c["type"] == "StorageReady")
     assert storage["status"] == "False"
     assert f"Secret '{contract.DEFAULT_S3_SECRET}' (spec.storage.secretRef)" in storage["message"]
-    assert ("Warning", "S3SecretMissing", status["message"]) in lab.events("no-creds")
+    assert ("Warning", "S3SecretMissing", status["message"]) in lab.wait_events(
+        "no-creds", "S3SecretMissing"
+    )
     assert lab.jobs("no-creds") == []
     assert operator.proc.poll() is None  # reported, not crashed
 
@@ -364,7 +377,7 @@ def test_statuses_held_while_the_operator_is_behind_are_all_written(
             prov = done["provenance"]
             assert prov["submittedAt"] <= prov["startedAt"] <= prov["completedAt"]
             assert len(lab.jobs(name)) == 1
-            reasons = [r for _t, r, _m in lab.events(name)]
+            reasons = [r for _t, r, _m in lab.wait_events(name, "JobCreated")]
             assert reasons.count("JobCreated") == 1, reasons
         url = f"http://127.0.0.1:{op.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -539,7 +552,7 @@ def test_operator_logs_and_events_never_contain_the_s3_credentials(
     creds = stack.s3_credentials()
     log = operator.log_path.read_text(errors="replace")
     assert "kexp operator started" in log  # the log being read is the operator's
-    events = " ".join(m for _t, _r, m in lab.events("quiet"))
+    events = " ".join(m for _t, _r, m in lab.wait_events("quiet", "JobComplete"))
     config = lab.core.read_namespaced_config_map("quiet-config", lab.ns).data["config.yaml"]
     status = str(lab.status("quiet"))
     for text in (log, events, config, status):
