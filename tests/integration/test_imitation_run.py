@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,9 @@ import torch
 from minio import Minio
 
 from kexp.dev.stack import Stack
+from kexp.render.resolved import ResolvedExperiment
+from kexp.render.settings import RenderSettings
+from kexp.render.training import render_train_job
 from kexp_trainers.runtime.datasets import Demonstrations, write_dataset
 from tests.integration.test_trainer_run import pod_environment, results, run
 from tests.waiting import wait_until
@@ -259,6 +264,63 @@ def _check_data_parallel_run(
     for name, value in actors[0].items():
         assert torch.allclose(value, actors[1][name], atol=1e-5), name
     print(f"DDP BC reward {res['scores']['reward']}, same weights as one process")
+
+
+def kubelet_expand(arg: str, env: dict[str, str]) -> str:
+    """``$(VAR)`` in a container's command as the kubelet expands it: a defined variable's value,
+    ``$$`` an escaped ``$``, an undefined reference left as written."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", one, arg)
+
+
+def test_bc_trains_on_two_nodes_with_the_command_the_operator_renders(
+    stack: Stack, s3: Minio, bucket: str, cartpole_data: str, tmp_path: Path
+) -> None:
+    """Each process runs what one pod of the two-node Indexed Job runs: the rendered torchrun
+    command and env, expanded as the kubelet does, with the index the Job controller gives.
+
+    The one substitution: ``MASTER_ADDR`` names pod 0 through the headless Service, which needs
+    cluster DNS; here both "nodes" share this host, so it becomes 127.0.0.1 (and a free port).
+    """
+    spec = bc_spec(cartpole_data, totalSteps=25_600, checkpointEvery=25_600)
+    spec["resources"] = {"nodes": 2}
+    env, prefix = pod_environment(stack, bucket, tmp_path, spec, "bc-two-nodes")
+    exp = ResolvedExperiment(
+        "bc-two-nodes", "research", "uid-bc-two-nodes", {**spec, "storage": {"bucket": bucket}}
+    )
+    job = render_train_job(exp, RenderSettings())
+    assert job["spec"]["completionMode"] == "Indexed"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    argv = [*container["command"], *container.get("args", [])]
+    assert argv[0] == "torchrun", argv
+    assert env["MASTER_ADDR"].startswith("bc-two-nodes-train-0."), env["MASTER_ADDR"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    procs = []
+    for index in (0, 1):
+        pod_env = env | {"JOB_COMPLETION_INDEX": str(index)}
+        command = [torchrun, *(kubelet_expand(a, pod_env) for a in argv[1:])]
+        assert not any("$(" in a for a in command), command
+        procs.append(
+            subprocess.Popen(
+                command, env=pod_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outs = [finish(p) for p in procs]
+    assert "[rank 0/2] joined the process group (gloo, 2 processes)" in outs[0], outs[0]
+    assert "[rank 1/2] joined the process group (gloo, 2 processes)" in outs[1], outs[1]
+    assert "[rank 1/2] trained to step 25600; rank 0 evaluates and reports" in outs[1]
+    res = results(s3, bucket, prefix)
+    assert (res["outcome"], res["step"]) == ("succeeded", 25_600), outs
+    assert "checkpoints/step-25600.pt" in object_names(s3, bucket, prefix)
 
 
 def test_gail_smoke_run_writes_checkpoints_and_results(
