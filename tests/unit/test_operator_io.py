@@ -99,7 +99,7 @@ def test_the_api_server_filters_every_child_watch_by_the_managed_label() -> None
     assert set(selectors) <= watched
 
 
-def test_kopf_applies_the_selectors_to_jobs_pods_and_rayjobs_not_to_experiments() -> None:
+def test_kopf_applies_the_selector_to_rayjobs_not_to_experiments() -> None:
     import kopf
     from kopf._cogs.structs.references import Resource
 
@@ -114,8 +114,17 @@ def test_kopf_applies_the_selectors_to_jobs_pods_and_rayjobs_not_to_experiments(
         return list(settings.watching.label_selectors.collect(res))
 
     managed = ["app.kubernetes.io/managed-by=kexp"]
-    assert selected("", "v1", "pods", "Pod") == managed
-    assert selected("batch", "v1", "jobs", "Job") == managed
     assert selected("ray.io", "v1", "rayjobs", "RayJob") == managed
     assert selected("kexp.io", "v1alpha1", "experiments", "Experiment") == []
     assert selected("", "v1", "configmaps", "ConfigMap") == []
+
+
+def test_kopf_leaves_jobs_and_pods_to_kexps_informers_which_select_the_managed_label() -> None:
+    from kexp.handlers.children import MANAGED_SELECTOR, WATCHED
+
+    watched = {resource for resource, _ in _watched()}
+    # Through kopf as well, every Job and pod event would be handled twice.
+    assert ("batch", "v1", "jobs") not in watched
+    assert ("", "v1", "pods") not in watched
+    assert MANAGED_SELECTOR == "app.kubernetes.io/managed-by=kexp"
+    assert [kind for kind, _ in WATCHED] == ["Job", "Pod"]

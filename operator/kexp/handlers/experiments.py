@@ -1,7 +1,9 @@
 """kopf handlers: watch Experiments, their Jobs and pods, and reconcile level-triggered.
 
-Every event (an Experiment changed, its Job or a pod moved, a template appeared, an
-experiment it waits for finished) leads to the same pass: read the Experiment and what the
+kopf watches the Experiments, templates and RayJobs; kexp's own informers watch the Jobs and
+pods, which bring most of the events (``kexp.handlers.children``). Every event (an
+Experiment changed, its Job or a pod moved, a template appeared, an experiment it waits for
+finished) leads to the same pass: read the Experiment and what the
 watch indexes hold, ``plan_pass`` decides, and this module carries the plan out: labels,
 create-if-absent children, one status write guarded by resourceVersion (held in memory for
 a while when the operator is behind: see Deferrals), Events. A pass that loses a write race
@@ -16,7 +18,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, cast
 
@@ -26,6 +28,7 @@ from prometheus_client import start_http_server
 from kexp.api import contract, models
 from kexp.api.reports import ProgressReport, ResultsReport, SweepReport
 from kexp.api.validation import validate_spec
+from kexp.handlers.children import ChildWatches, status_only
 from kexp.handlers.metrics import OperatorMetrics
 from kexp.handlers.plan import (
     STORAGE_REASONS,
@@ -40,7 +43,7 @@ from kexp.handlers.plan import (
 from kexp.handlers.provenance import SourceError, is_commit, resolve_revision
 from kexp.handlers.watch_decoding import decode_watches_with_orjson
 from kexp.kube import aio
-from kexp.kube.rest import ApiError
+from kexp.kube.rest import ApiError, Rest, login
 from kexp.render.names import workload_name
 from kexp.render.resolved import ResolvedExperiment
 from kexp.render.settings import RenderSettings
@@ -57,11 +60,10 @@ from kexp.storage.s3 import shared_s3_client
 
 log = logging.getLogger("kexp.operator")
 MANAGED = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
-#: The children kexp watches, as (group, version, plural); only those it labelled MANAGED.
-JOBS: Final = ("batch", "v1", "jobs")
-PODS: Final = ("", "v1", "pods")
+#: The children kopf watches for kexp, as (group, version, plural); only those it labelled
+#: MANAGED. Jobs and pods are watched by kexp's own informers (kexp.handlers.children).
 RAYJOBS: Final = (aio.RAY_GROUP, aio.RAY_VERSION, aio.RAYJOBS)
-CHILD_RESOURCES: Final = (JOBS, PODS, RAYJOBS)
+CHILD_RESOURCES: Final = (RAYJOBS,)
 
 
 def child_watch_selectors() -> dict[tuple[str, str, str], str]:
@@ -193,9 +195,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             registry=metrics.registry,
         )
     memo.metrics = metrics
-    memo.kube = aio.Kube.connect(
-        settings, on_error=lambda op: metrics.api_errors.labels(operation=op).inc()
+
+    def api_error(operation: str) -> None:
+        metrics.api_errors.labels(operation=operation).inc()
+
+    memo.kube = aio.Kube.connect(settings, on_error=api_error)
+    # Watches on connections of their own: each holds one for as long as it runs.
+    memo.children = ChildWatches(
+        Rest(login(settings), connections=0),
+        lambda kind, event, obj: _child_changed(memo, kind, event, obj),
+        on_error=api_error,
     )
+    memo.child_passes = set()
+    memo.child_pending = set()
     memo.render = RenderSettings.from_env()
     memo.post_event = post_event
     memo.locks = {}
@@ -244,6 +256,9 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     task = memo.get("progress_task")
     if task is not None:
         task.cancel()
+    children: ChildWatches | None = memo.get("children")
+    if children is not None:
+        await children.close()
     kube: aio.Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
@@ -264,11 +279,6 @@ def _plain(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
     if isinstance(meta, dict) and "managedFields" in meta:
         plain["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
     return plain
-
-
-def _status_only(body: kopf.Body) -> dict[str, Any]:
-    """What a pass reads of a Job or pod: its name and status."""
-    return {"metadata": {"name": body["metadata"]["name"]}, "status": dict(body.get("status", {}))}
 
 
 @kopf.index(aio.GROUP, aio.VERSION, aio.EXPERIMENTS)  # type: ignore[arg-type]
@@ -293,48 +303,34 @@ async def templates_idx(namespace: str, name: str, spec: kopf.Spec, **_: Any) ->
     return {(namespace, name): dict(spec)}
 
 
-@kopf.index(*JOBS, labels=MANAGED)  # type: ignore[arg-type]
-async def jobs_idx(
-    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Key, Any]:
-    return {(namespace, labels.get(contract.LABEL_EXPERIMENT, "")): _status_only(body)}
-
-
-# KubeRay's RayJobs (sweeps with spec.sweep.rayCluster). Without KubeRay's CRDs kopf logs
-# once that it cannot serve them, and starts watching when the CRDs appear.
-@kopf.index(*RAYJOBS, labels=MANAGED)  # type: ignore[arg-type]
-async def rayjobs_idx(
-    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Key, Any]:
-    return {(namespace, labels.get(contract.LABEL_EXPERIMENT, "")): _status_only(body)}
-
-
-@kopf.index(*PODS, labels=MANAGED)  # type: ignore[arg-type]
-async def pods_idx(
-    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Key, Any]:
-    return {(namespace, labels.get(contract.LABEL_EXPERIMENT, "")): _status_only(body)}
-
-
-def _one(index: kopf.Index[Key, Any], key: Key) -> dict[str, Any] | None:
+def _one(index: Mapping[Key, Collection[Any]], key: Key) -> dict[str, Any] | None:
     store = index.get(key)
     return next(iter(store), None) if store is not None else None
 
 
 class Indexes(NamedTuple):
-    """kopf's in-memory indexes, by kind (kopf hands each to handlers as a keyword argument)."""
+    """What the watches hold, by kind: kopf's indexes (kopf hands each to handlers as a keyword
+    argument) and the Jobs and pods of kexp's own informers."""
 
     experiments: kopf.Index[Key, Any]
     dependents: kopf.Index[Key, str]
     templates: kopf.Index[Key, Any]
-    jobs: kopf.Index[Key, Any]
-    pods: kopf.Index[Key, Any]
+    jobs: Mapping[Key, Collection[Any]]
+    pods: Mapping[Key, Collection[Any]]
     rayjobs: kopf.Index[Key, Any]
 
     @classmethod
-    def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
-        """The indexes among a handler's keyword arguments (named after the index functions)."""
-        return cls(*(kwargs[f"{kind}_idx"] for kind in cls._fields))
+    def of(cls, kwargs: Mapping[str, Any], children: ChildWatches) -> Indexes:
+        """The indexes among a handler's keyword arguments (named after the index functions)
+        and ``children``'s."""
+        return cls(
+            experiments=kwargs["experiments_idx"],
+            dependents=kwargs["dependents_idx"],
+            templates=kwargs["templates_idx"],
+            jobs=children.jobs,
+            pods=children.pods,
+            rayjobs=kwargs["rayjobs_idx"],
+        )
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -347,7 +343,7 @@ async def on_experiment(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    indexes = Indexes.of(kwargs)
+    indexes = Indexes.of(kwargs, memo.children)
     if type == "DELETED":
         memo.metrics.forget((namespace, name))
         deferrals = memo.deferrals
@@ -355,6 +351,9 @@ async def on_experiment(
             cache.pop((namespace, name), None)
         return
     key = (namespace, name)
+    # Kept for the passes that child events, retries and the progress loop start.
+    memo.shared["indexes"] = indexes
+    await memo.children.ready(namespace)
     if memo.written.get(key) != body["metadata"].get("resourceVersion"):
         # Not the echo of our own status write (that one reflects everything a pass knew;
         # whatever changed since arrives as a Job or pod event of its own).
@@ -368,9 +367,9 @@ async def on_experiment(
                 await reconcile(memo, namespace, dependent, dep, indexes)
 
 
-def _job_summary(body: kopf.Body) -> tuple[Any, ...]:
+def _job_summary(body: Mapping[str, Any]) -> tuple[Any, ...]:
     """The parts of a Job a pass reads (conditions, counts, times)."""
-    status = body.get("status", {})
+    status = body.get("status") or {}
     conditions = tuple(
         (c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []
     )
@@ -378,34 +377,9 @@ def _job_summary(body: kopf.Body) -> tuple[Any, ...]:
     return (conditions, counts, status.get("startTime"), status.get("completionTime"))
 
 
-@kopf.on.event(*JOBS, labels=MANAGED)  # type: ignore[arg-type]
-async def on_job(
-    type: str | None,
-    uid: str,
-    body: kopf.Body,
-    namespace: str,
-    labels: kopf.Labels,
-    memo: kopf.Memo,
-    **kwargs: Any,
-) -> None:
-    # A Job that disappears is reconciled too: a pass decides whether it was deleted mid-run.
-    await _on_child_event(
-        memo,
-        memo.jobs_seen,
-        type,
-        uid,
-        body,
-        _job_summary,
-        namespace,
-        labels,
-        kwargs,
-        on_delete=True,
-    )
-
-
-def _pod_summary(body: kopf.Body) -> tuple[Any, ...]:
+def _pod_summary(body: Mapping[str, Any]) -> tuple[Any, ...]:
     """The parts of a pod a pass reads; events that change nothing else are skipped."""
-    status = body.get("status", {})
+    status = body.get("status") or {}
     containers = tuple(
         (cs.get("name"), tuple(sorted((cs.get("state") or {}).items(), key=lambda kv: kv[0])))
         for cs in status.get("containerStatuses") or []
@@ -418,33 +392,50 @@ def _pod_summary(body: kopf.Body) -> tuple[Any, ...]:
     return (status.get("phase"), repr(containers), scheduled)
 
 
-@kopf.on.event(*PODS, labels=MANAGED)  # type: ignore[arg-type]
-async def on_pod(
-    type: str | None,
-    uid: str,
-    body: kopf.Body,
-    namespace: str,
-    labels: kopf.Labels,
-    memo: kopf.Memo,
-    **kwargs: Any,
-) -> None:
-    await _on_child_event(
-        memo,
-        memo.pods_seen,
-        type,
-        uid,
-        body,
-        _pod_summary,
-        namespace,
-        labels,
-        kwargs,
-        on_delete=False,
-    )
+def _child_changed(memo: kopf.Memo, kind: str, event: str, obj: dict[str, Any]) -> None:
+    """A Job or pod moved (kexp's informers call this): index it, and start a pass of its
+    Experiment unless nothing a pass reads changed. A Job that disappears is reconciled too:
+    a pass decides whether it was deleted mid-run; a pod that does is not."""
+    children: ChildWatches = memo.children
+    key = children.index(kind).apply(event, obj)
+    if key is None:
+        return
+    summarize = _job_summary if kind == "Job" else _pod_summary
+    seen: dict[str, tuple[Any, ...]] = memo.jobs_seen if kind == "Job" else memo.pods_seen
+    if not _summary_changed(seen, event, obj, summarize, on_delete=kind == "Job"):
+        return
+    indexes = memo.shared["indexes"]
+    if indexes is None:
+        return  # no Experiment handled yet: its first pass reads the index anyway
+    pending: set[Key] = memo.child_pending
+    if key in pending:
+        return  # a pass that has not started yet will read this change too
+    pending.add(key)
+    task = asyncio.ensure_future(_child_pass(memo, key, indexes))
+    # The loop keeps only weak references to tasks.
+    memo.child_passes.add(task)
+    task.add_done_callback(memo.child_passes.discard)
 
 
-def _ray_job_summary(body: kopf.Body) -> tuple[Any, ...]:
+async def _child_pass(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
+    """The pass for a child's change; later changes start another once this one has begun
+    (a watch stream delivers many events at once, often several of one run's pod and Job)."""
+    memo.child_pending.discard(key)
+    await _reconcile_owner(memo, key, indexes)
+
+
+# KubeRay's RayJobs (sweeps with spec.sweep.rayCluster), watched by kopf: few events, and kopf
+# starts watching when KubeRay's CRDs appear (it logs once that it cannot serve them before).
+@kopf.index(*RAYJOBS, labels=MANAGED)  # type: ignore[arg-type]
+async def rayjobs_idx(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    return {(namespace, labels.get(contract.LABEL_EXPERIMENT, "")): status_only(body)}
+
+
+def _ray_job_summary(body: Mapping[str, Any]) -> tuple[Any, ...]:
     """The parts of a RayJob a pass reads."""
-    status = body.get("status", {})
+    status = body.get("status") or {}
     keys = ("jobDeploymentStatus", "jobStatus", "reason", "message", "startTime", "endTime")
     return tuple(status.get(k) for k in keys)
 
@@ -452,25 +443,17 @@ def _ray_job_summary(body: kopf.Body) -> tuple[Any, ...]:
 @kopf.on.event(*RAYJOBS, labels=MANAGED)  # type: ignore[arg-type]
 async def on_rayjob(
     type: str | None,
-    uid: str,
     body: kopf.Body,
     namespace: str,
     labels: kopf.Labels,
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    await _on_child_event(
-        memo,
-        memo.jobs_seen,
-        type,
-        uid,
-        body,
-        _ray_job_summary,
-        namespace,
-        labels,
-        kwargs,
-        on_delete=True,
-    )
+    if not _summary_changed(memo.jobs_seen, type or "", body, _ray_job_summary, on_delete=True):
+        return
+    name = labels.get(contract.LABEL_EXPERIMENT)
+    if name:
+        await _reconcile_owner(memo, (namespace, name), Indexes.of(kwargs, memo.children))
 
 
 @kopf.on.event(aio.GROUP, aio.VERSION, aio.TEMPLATES)  # type: ignore[arg-type]
@@ -480,51 +463,39 @@ async def on_template(
     memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
-    indexes = Indexes.of(kwargs)
+    indexes = Indexes.of(kwargs, memo.children)
     for exp in await memo.kube.list_experiments(namespace, f"{contract.LABEL_TEMPLATE}={name}"):
         await reconcile(memo, namespace, exp["metadata"]["name"], exp, indexes)
 
 
-async def _on_child_event(
-    memo: kopf.Memo,
+def _summary_changed(
     seen: dict[str, tuple[Any, ...]],
-    type: str | None,
-    uid: str,
-    body: kopf.Body,
-    summarize: Callable[[kopf.Body], tuple[Any, ...]],
-    namespace: str,
-    labels: Mapping[str, str],
-    handler_kwargs: Mapping[str, Any],
+    event: str,
+    body: Mapping[str, Any],
+    summarize: Callable[[Mapping[str, Any]], tuple[Any, ...]],
     *,
     on_delete: bool,
-) -> None:
-    """A Job, RayJob or pod moved: reconcile its Experiment unless nothing a pass reads
-    changed.
+) -> bool:
+    """Whether a child's event changes what a pass reads of it.
 
-    ``summarize`` picks out what a pass reads; ``seen`` remembers each child's last summary,
-    so events that only touch metadata, IPs or bookkeeping counters cost no pass. A deletion
-    reconciles only with ``on_delete``.
+    ``summarize`` picks out what a pass reads; ``seen`` remembers each child's last summary
+    (by uid), so events that only touch metadata, IPs or bookkeeping counters cost no pass. A
+    deletion counts only with ``on_delete``.
     """
-    indexes = Indexes.of(handler_kwargs)
-    summary = None if type == "DELETED" else summarize(body)
-    if summary is None:
+    uid = str(body["metadata"].get("uid"))
+    if event == "DELETED":
         seen.pop(uid, None)
-        if not on_delete:
-            return
-    elif seen.get(uid) == summary:
-        return
-    else:
-        seen[uid] = summary
-    await _reconcile_owner(memo, namespace, labels, indexes)
+        return on_delete
+    summary = summarize(body)
+    if seen.get(uid) == summary:
+        return False
+    seen[uid] = summary
+    return True
 
 
-async def _reconcile_owner(
-    memo: kopf.Memo, namespace: str, labels: Mapping[str, str], indexes: Indexes
-) -> None:
-    name = labels.get(contract.LABEL_EXPERIMENT)
-    if not name:
-        return
-    body = _one(indexes.experiments, (namespace, name))
+async def _reconcile_owner(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
+    namespace, name = key
+    body = _one(indexes.experiments, key)
     if body is None:
         return  # the Experiment is gone; garbage collection takes its children
     if (_newest(memo, (namespace, name), body).get("status") or {}).get("phase") in TERMINAL:

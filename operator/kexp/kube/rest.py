@@ -72,7 +72,14 @@ class Rest:
     #: once, bench/operator_throughput.py) and well below kopf's 60 s.
     DEFAULT_TIMEOUT_S = 20.0
 
-    def __init__(self, info: kopf.ConnectionInfo, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        connections: int = 64,
+    ) -> None:
+        """``connections``: at most this many at once (0: no limit; each watch holds one)."""
         headers = {"Accept": "application/json", "User-Agent": "kexp-operator"}
         if info.token:
             headers["Authorization"] = f"Bearer {info.token}"
@@ -82,7 +89,7 @@ class Rest:
         self.server = info.server.rstrip("/")
         self._session = aiohttp.ClientSession(
             headers=headers,
-            connector=aiohttp.TCPConnector(ssl=_ssl_context(info), limit=64),
+            connector=aiohttp.TCPConnector(ssl=_ssl_context(info), limit=connections),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             trust_env=False,
             # Watch events carry whole objects, one per line; some exceed aiohttp's 64 KiB.
@@ -115,11 +122,18 @@ class Rest:
             return result
 
     async def watch(
-        self, path: str, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        read_timeout_s: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """The events of a watch on a collection (``{"type": ..., "object": ...}``)."""
+        """The events of a watch on a collection (``{"type": ..., "object": ...}``).
+
+        ``read_timeout_s``: give up (TimeoutError) when nothing arrives for this long.
+        """
         query = {**(params or {}), "watch": "1"}
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout_s)
         async with self._session.get(self.server + path, params=query, timeout=timeout) as resp:
             if resp.status >= 300:
                 raise ApiError(resp.status, await resp.text(), f"WATCH {path}")
