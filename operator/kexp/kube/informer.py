@@ -4,8 +4,8 @@ calls an informer.
 Why kexp watches its Jobs and pods itself rather than through kopf: kopf runs every watch event
 through its whole per-object machinery (a worker per object, causes, a logger, progress state,
 the kwargs of each index and event handler) before any kexp code runs. The ten or so events
-of one Job and its pod cost the operator 13.6 CPU-ms that way; see docs/operator.md and
-``bench/operator_foreign_load.py --kexp-labels`` for what they cost now.
+of one Job and its pod cost the operator 12.8-15.5 CPU-ms that way, and 3.6-4.5 here
+(``bench/operator_foreign_load.py --kexp-labels``; docs/operator.md, Departures).
 kopf still watches the Experiments and templates, where its handlers earn their keep.
 
 The protocol is the API server's own: a LIST (in pages) gives the objects and a
@@ -29,11 +29,12 @@ from kexp.kube.rest import ApiError, Rest
 
 log = logging.getLogger(__name__)
 
-#: The server ends each watch after about this long (jittered, so watches do not all restart
-#: at once); the informer then resumes it.
+#: The server ends each watch after this long, up to 20% more (jittered, so watches do not
+#: all restart at once); the informer then resumes it.
 WATCH_TIMEOUT_S: Final = 300
-#: A watch that sends nothing, not even a bookmark, for this long is presumed dead.
-READ_TIMEOUT_S: Final = WATCH_TIMEOUT_S + 60
+#: A watch that sends nothing, not even a bookmark, for this long is presumed dead (longer
+#: than the server's longest timeout: it sends a bookmark about every minute anyway).
+READ_TIMEOUT_S: Final = WATCH_TIMEOUT_S * 1.2 + 60
 PAGE_SIZE: Final = 500
 #: Waits before a new LIST after a failure, growing to the last.
 RETRY_DELAYS_S: Final = (0.5, 1.0, 2.0, 5.0, 10.0)
