@@ -28,7 +28,7 @@ from prometheus_client import start_http_server
 from kexp.api import contract, models
 from kexp.api.reports import ProgressReport, ResultsReport, SweepReport
 from kexp.api.validation import validate_spec
-from kexp.handlers.children import ChildWatches, status_only
+from kexp.handlers.children import MANAGED_SELECTOR, ChildWatches, status_only
 from kexp.handlers.metrics import OperatorMetrics
 from kexp.handlers.plan import (
     STORAGE_REASONS,
@@ -67,14 +67,14 @@ CHILD_RESOURCES: Final = (RAYJOBS,)
 
 
 def child_watch_selectors() -> dict[tuple[str, str, str], str]:
-    """The label selector the API server applies to each watch of kexp's children.
+    """The label selector the API server applies to each of kopf's watches of kexp's children
+    (the same one kexp's informers send for Jobs and pods).
 
     The handlers' ``labels=MANAGED`` filters run in the operator, after kopf has received and
     decoded every event of the resource: an operator watching all namespaces of a shared
-    cluster would otherwise take in every pod and Job event of every other workload.
+    cluster would otherwise take in every event of every other workload.
     """
-    selector = ",".join(f"{key}={value}" for key, value in MANAGED.items())
-    return dict.fromkeys(CHILD_RESOURCES, selector)
+    return dict.fromkeys(CHILD_RESOURCES, MANAGED_SELECTOR)
 
 
 MAX_CONFLICT_RETRIES = 5
