@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ import pytest
 import torch
 from minio import Minio
 
+from kexp.dev.podrunner import expand_container_refs
 from kexp.dev.stack import Stack
 from kexp.render.resolved import ResolvedExperiment
 from kexp.render.settings import RenderSettings
@@ -266,18 +266,6 @@ def _check_data_parallel_run(
     print(f"DDP BC reward {res['scores']['reward']}, same weights as one process")
 
 
-def kubelet_expand(arg: str, env: dict[str, str]) -> str:
-    """``$(VAR)`` in a container's command as the kubelet expands it: a defined variable's value,
-    ``$$`` an escaped ``$``, an undefined reference left as written."""
-
-    def one(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        return env.get(match.group(1), match.group(0))
-
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", one, arg)
-
-
 def test_bc_trains_on_two_nodes_with_the_command_the_operator_renders(
     stack: Stack, s3: Minio, bucket: str, cartpole_data: str, tmp_path: Path
 ) -> None:
@@ -307,7 +295,7 @@ def test_bc_trains_on_two_nodes_with_the_command_the_operator_renders(
     procs = []
     for index in (0, 1):
         pod_env = env | {"JOB_COMPLETION_INDEX": str(index)}
-        command = [torchrun, *(kubelet_expand(a, pod_env) for a in argv[1:])]
+        command = [torchrun, *(expand_container_refs(a, pod_env) for a in argv[1:])]
         assert not any("$(" in a for a in command), command
         procs.append(
             subprocess.Popen(

@@ -10,6 +10,7 @@ the copies) and the Python interpreter (this one, where kexp's trainers are inst
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -40,6 +41,21 @@ def _volume_source(pod: dict[str, Any], mount_path: str) -> dict[str, Any]:
     return next(v for v in pod["spec"]["volumes"] if v["name"] == name)
 
 
+_CONTAINER_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand_container_refs(arg: str, env: dict[str, str]) -> str:
+    """``$(VAR)`` in a container's command or args as the kubelet expands it: a defined
+    variable's value, ``$$`` an escaped ``$``, an undefined reference left as written."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _CONTAINER_REF.sub(one, arg)
+
+
 def pod_process_args(
     api: Any, namespace: str, job: dict[str, Any], workdir: Path, metrics_port: int = 0
 ) -> tuple[list[str], dict[str, str]]:
@@ -67,7 +83,12 @@ def pod_process_args(
     env[contract.ENV_S3_SECRET_DIR] = str(secret_dir)
     # Several local runs must not fight over :9090: each gets its own port, or none (0).
     env[contract.ENV_METRICS_PORT] = str(metrics_port)
-    argv = [*container.get("command", []), *container.get("args", [])]
+    # The kubelet expands $(VAR) from the container's own env (a multi-node run's torchrun
+    # arguments); the file locations above are this machine's, not the pod's.
+    argv = [
+        expand_container_refs(a, env)
+        for a in (*container.get("command", []), *container.get("args", []))
+    ]
     if argv and argv[0] == "python":
         argv[0] = sys.executable
     return argv, env
