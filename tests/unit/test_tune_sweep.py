@@ -27,6 +27,7 @@ from kexp_trainers.tune.report import (
     sweep_results,
     trial_state,
 )
+from kexp_trainers.tune.resume import ResumableSearchGenerator, ResumableVariantGenerator
 from kexp_trainers.tune.trial import plain, trial_spec
 
 BASE: dict[str, Any] = {
@@ -83,10 +84,12 @@ def test_searchers_and_schedulers() -> None:
     assert isinstance(
         space.search_algorithm({"searchAlgorithm": "grid"}, 1, None), BasicVariantGenerator
     )
+    assert isinstance(random, ResumableVariantGenerator)
     limited = space.search_algorithm({"searchAlgorithm": "tpe"}, 1, 2)
-    assert isinstance(limited, ConcurrencyLimiter)
-    assert limited.max_concurrent == 2
-    assert isinstance(limited.searcher, OptunaSearch)
+    assert isinstance(limited, ResumableSearchGenerator)
+    assert isinstance(limited.searcher, ConcurrencyLimiter)
+    assert limited.searcher.max_concurrent == 2
+    assert isinstance(limited.searcher.searcher, OptunaSearch)
     assert space.scheduler({}) is None
     asha = space.scheduler({"scheduler": {"type": "asha", "gracePeriod": 2, "reductionFactor": 3}})
     assert isinstance(asha, ASHAScheduler)
@@ -95,7 +98,8 @@ def test_searchers_and_schedulers() -> None:
     median = space.scheduler({"scheduler": {"type": "median"}})
     assert isinstance(median, MedianStoppingRule)
     assert median.metric == space.PROGRESS
-    tpe = space.search_algorithm({"searchAlgorithm": "tpe"}, 1, None)
+    tpe = space.search_algorithm({"searchAlgorithm": "tpe"}, 1, None).searcher
+    assert isinstance(tpe, OptunaSearch)
     assert (tpe.metric, tpe.mode) == (space.SIGNAL, "max")
 
 

@@ -101,19 +101,23 @@ def search_algorithm(sweep: Mapping[str, Any], seed: int, max_concurrent: int | 
     and grid sample with Tune's variant generator, tpe with Optuna (learning from ``SIGNAL``).
 
     The limit is the searcher's own: Tune's ``max_concurrent_trials`` ignores a variant
-    generator.
+    generator. Both kinds come in kexp's resumable wrappers (see ``resume``): a sweep restored
+    after its pod died goes on from the trials it had, not from a searcher state older than
+    them.
     """
+    from kexp_trainers.tune.resume import ResumableSearchGenerator, ResumableVariantGenerator
+
     if sweep.get("searchAlgorithm") == "tpe":
         import optuna
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
         tpe = OptunaSearch(metric=SIGNAL, mode="max", sampler=optuna.samplers.TPESampler(seed=seed))
-        return ConcurrencyLimiter(tpe, max_concurrent) if max_concurrent else tpe
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
+        return ResumableSearchGenerator(
+            ConcurrencyLimiter(tpe, max_concurrent) if max_concurrent else tpe
+        )
     # A fixed random state makes the same spec sample the same trials.
-    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+    return ResumableVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
 
 
 def scheduler(sweep: Mapping[str, Any]) -> Any:

@@ -1,0 +1,155 @@
+"""A real Ray Tune sweep, killed and restored with its searcher's state older than its trials.
+
+That is what a pod killed while Tune uploads its state can leave behind (see
+``kexp_trainers.tune.resume``). Here the moment is made on purpose: the searcher's files are
+copied while the first trial is the only one, the driver is killed once the second trial
+runs, and the copies are put back. The restored sweep must make its remaining trials, each
+under a new name, and end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kexp_trainers.tune.resume import restored_trials
+from kexp_trainers.tune.space import SIGNAL, param_space, search_algorithm
+
+SAMPLES = 4
+#: The checkout, where the subprocess imports this module from.
+ROOT = Path(__file__).resolve().parents[2]
+SEARCHER_FILES = ("basic-variant-state-*", "search_gen_state-*", "searcher-state-*")
+
+
+def gated_trial(config: dict[str, Any]) -> None:
+    """Say it started, wait until the test lets it go, report the learning rate."""
+    from ray import tune
+
+    gates = Path(config["gates"])
+    trial = tune.get_context().get_trial_id()
+    (gates / f"started-{trial}").touch()
+    while not (gates / f"go-{trial}").exists() and not (gates / "go-all").exists():
+        time.sleep(0.1)
+    tune.report({SIGNAL: float(config["learningRate"])})
+
+
+def drive(storage: str, gates: str, algorithm: str, restore: bool) -> None:
+    """Run (or restore) a four-trial sweep, one trial at a time; the subprocess's main."""
+    import ray
+    from ray import tune
+
+    sweep = {
+        "searchAlgorithm": algorithm,
+        "parameters": {"learningRate": {"logUniform": [1.0e-4, 1.0e-2]}},
+    }
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    trainable = tune.with_resources(gated_trial, {"cpu": 1})
+    if restore:
+        tuner = tune.Tuner.restore(
+            f"{storage}/sweep",
+            trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**param_space(sweep), "gates": gates},
+            tune_config=tune.TuneConfig(
+                search_alg=search_algorithm(sweep, 1, 1), num_samples=SAMPLES
+            ),
+            run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=0),
+        )
+    grid = tuner.fit()
+    assert grid.num_errors == 0, [r.error for r in grid]
+
+
+def start(storage: Path, gates: Path, algorithm: str, restore: bool) -> subprocess.Popen[bytes]:
+    code = (
+        "from tests.integration.test_tune_resume import drive; "
+        f"drive({str(storage)!r}, {str(gates)!r}, {algorithm!r}, {restore})"
+    )
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-c", code], start_new_session=True, env=env, cwd=ROOT)
+
+
+def wait_for(check: Callable[[], Any], what: str, proc: subprocess.Popen[bytes]) -> Any:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (found := check()) is not None and found is not False:
+            return found
+        assert proc.poll() is None, f"the sweep ended (exit {proc.returncode}) before {what}"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the driver and the Ray it started (its session), as a lost pod would be."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def started(gates: Path) -> list[str]:
+    return [p.name.removeprefix("started-") for p in gates.glob("started-*")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["random", "tpe"])
+def test_a_sweep_restored_with_a_searcher_older_than_its_trials_ends_with_every_trial(
+    algorithm: str, tmp_path: Path
+) -> None:
+    storage, gates, stale = tmp_path / "storage", tmp_path / "gates", tmp_path / "stale"
+    for folder in (storage, gates, stale):
+        folder.mkdir()
+    state = storage / "sweep"
+
+    def statuses() -> dict[str, str]:
+        return {t.trial_id: t.status for t in restored_trials(state) or []}
+
+    first = start(storage, gates, algorithm, restore=False)
+    try:
+        [one] = wait_for(lambda: started(gates) or None, "the first trial", first)
+        wait_for(lambda: one in statuses(), "the first trial's state in storage", first)
+        searcher_files = [p for pattern in SEARCHER_FILES for p in state.glob(pattern)]
+        assert searcher_files, sorted(p.name for p in state.iterdir())
+        for path in searcher_files:
+            shutil.copy(path, stale / path.name)
+        (gates / f"go-{one}").touch()
+        two = wait_for(
+            lambda: next((t for t in started(gates) if t != one), None), "the second trial", first
+        )
+        wait_for(
+            lambda: statuses() == {one: "TERMINATED", two: "RUNNING"},
+            "the first trial done and the second running, in storage",
+            first,
+        )
+    finally:
+        stop(first)
+    for path in stale.iterdir():
+        shutil.copy(path, state / path.name)  # the searcher as it was before the second trial
+
+    (gates / "go-all").touch()
+    second = start(storage, gates, algorithm, restore=True)
+    try:
+        code = second.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the restored sweep hung: its searcher waited for a trial that had ended")
+    finally:
+        stop(second)
+    assert code == 0
+    final = statuses()
+    assert len(final) == SAMPLES, final  # no trial made twice under one name, none missing
+    assert set(final.values()) == {"TERMINATED"}
+    assert {one, two} <= set(final)
