@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
+import pickle
 import signal
 import subprocess
 import sys
@@ -28,7 +28,11 @@ from kexp_trainers.tune.space import SIGNAL, param_space, search_algorithm
 SAMPLES = 4
 #: The checkout, where the subprocess imports this module from.
 ROOT = Path(__file__).resolve().parents[2]
-SEARCHER_FILES = ("basic-variant-state-*", "search_gen_state-*", "searcher-state-*")
+#: The files of each kind of searcher's state in Tune's experiment folder.
+SEARCHER_FILES = {
+    "random": ("basic-variant-state-*",),
+    "tpe": ("search_gen_state-*", "searcher-state-*"),
+}
 
 
 def gated_trial(config: dict[str, Any]) -> None:
@@ -101,6 +105,20 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+def searcher_state(folder: Path, algorithm: str) -> dict[str, bytes] | None:
+    """The searcher's files, once each is there and whole (Tune copies them in place)."""
+    found: dict[str, bytes] = {}
+    for pattern in SEARCHER_FILES[algorithm]:
+        for path in folder.glob(pattern):
+            data = path.read_bytes()
+            try:
+                pickle.loads(data)  # noqa: S301 (Tune state this test wrote)
+            except Exception:  # a file caught half-copied: look again
+                return None
+            found[path.name] = data
+    return found if len(found) == len(SEARCHER_FILES[algorithm]) else None
+
+
 def started(gates: Path) -> list[str]:
     return [p.name.removeprefix("started-") for p in gates.glob("started-*")]
 
@@ -110,22 +128,24 @@ def started(gates: Path) -> list[str]:
 def test_a_sweep_restored_with_a_searcher_older_than_its_trials_ends_with_every_trial(
     algorithm: str, tmp_path: Path
 ) -> None:
-    storage, gates, stale = tmp_path / "storage", tmp_path / "gates", tmp_path / "stale"
-    for folder in (storage, gates, stale):
+    storage, gates = tmp_path / "storage", tmp_path / "gates"
+    for folder in (storage, gates):
         folder.mkdir()
     state = storage / "sweep"
 
     def statuses() -> dict[str, str]:
-        return {t.trial_id: t.status for t in restored_trials(state) or []}
+        try:
+            return {t.trial_id: t.status for t in restored_trials(state) or []}
+        except ValueError:  # caught while Tune copies it into storage: look again
+            return {}
 
     first = start(storage, gates, algorithm, restore=False)
     try:
         [one] = wait_for(lambda: started(gates) or None, "the first trial", first)
         wait_for(lambda: one in statuses(), "the first trial's state in storage", first)
-        searcher_files = [p for pattern in SEARCHER_FILES for p in state.glob(pattern)]
-        assert searcher_files, sorted(p.name for p in state.iterdir())
-        for path in searcher_files:
-            shutil.copy(path, stale / path.name)
+        stale = wait_for(
+            lambda: searcher_state(state, algorithm), "the searcher's state in storage", first
+        )
         (gates / f"go-{one}").touch()
         two = wait_for(
             lambda: next((t for t in started(gates) if t != one), None), "the second trial", first
@@ -137,8 +157,8 @@ def test_a_sweep_restored_with_a_searcher_older_than_its_trials_ends_with_every_
         )
     finally:
         stop(first)
-    for path in stale.iterdir():
-        shutil.copy(path, state / path.name)  # the searcher as it was before the second trial
+    for name, data in stale.items():
+        (state / name).write_bytes(data)  # the searcher as it was before the second trial
 
     (gates / "go-all").touch()
     second = start(storage, gates, algorithm, restore=True)
