@@ -182,10 +182,52 @@ def test_new_without_apply_writes_yaml_and_refuses_to_overwrite(kexp: Kexp, tmp_
     assert not kexp.exists("from-file")  # writing a file applies nothing
 
 
+def test_new_from_copies_an_experiments_spec_and_changes_only_what_is_asked(
+    kexp: Kexp, tmp_path: Path
+) -> None:
+    commit = "a" * 40
+    kexp.ok(
+        "new", "orig", "--no-source", "--set", "algorithm=PPO",
+        "--set", "environment.id=CartPole-v1", "--set", "training.totalSteps=1000",
+        "--set", "hyperparameters.learningRate=3e-4", "--set", f"source.commit={commit}",
+        "--tag", "baseline", "-d", "the baseline", "--apply",
+    )  # fmt: skip
+    original = kexp.get("orig")["spec"]
+
+    out = kexp.ok(
+        "new", "lr-up", "--from", "orig", "--no-source",
+        "--set", "hyperparameters.learningRate=1e-3", "--tag", "lr", "--apply",
+    )  # fmt: skip
+    assert "experiment.kexp.io/lr-up created" in out.output
+    copy = kexp.get("lr-up")
+    assert copy["metadata"]["annotations"][contract.ANNOTATION_COPIED_FROM] == "orig"
+    spec = copy["spec"]
+    assert spec["hyperparameters"]["learningRate"] == pytest.approx(1e-3)
+    assert spec["tags"] == ["baseline", "lr"]
+    # Everything not asked for is the original's, its source included (--no-source).
+    unchanged = {k: v for k, v in spec.items() if k not in ("hyperparameters", "tags")}
+    assert unchanged == {k: v for k, v in original.items() if k not in ("hyperparameters", "tags")}
+    assert spec["source"]["commit"] == commit
+    assert kexp.get("orig")["spec"] == original  # the copied run is left as it was
+
+    # Without --no-source the copy records the code run now, not the original's.
+    target = tmp_path / "copy.yaml"
+    out = kexp.ok(
+        "new", "again", "--from", "orig", "--source-dir", str(tmp_path), "-f", str(target)
+    )
+    assert "is not a git work tree; spec.source left empty" in out.output
+    doc = yaml.safe_load(target.read_text())
+    assert "source" not in doc["spec"]
+    assert doc["spec"]["description"] == "the baseline"
+    assert not kexp.exists("again")
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
         (["new", "Bad_Name"], 2, "experiment name 'Bad_Name'"),
+        (["new", "x", "--from", "no-such-run"], 3, "--from: Experiment 'no-such-run' not found"),
+        (["new", "x", "--from", "a", "-t", "b"], 2, "--from and --template: pick one"),
         (["new", "x", "--set", "nokey"], 2, "--set 'nokey': expected KEY=VALUE"),
         (["new", "x", "--annotation", "novalue"], 2, "--annotation 'novalue'"),
         (["new", "x", "-t", "no-such-template"], 3, "ExperimentTemplate 'no-such-template'"),

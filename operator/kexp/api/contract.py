@@ -133,6 +133,8 @@ LABEL_TEMPLATE: Final = "kexp.io/template"
 LABEL_INIT_FROM: Final = "kexp.io/init-from"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "kexp"
+#: On an Experiment made by ``kexp new --from``: the Experiment whose spec it copied.
+ANNOTATION_COPIED_FROM: Final = "kexp.io/copied-from"
 #: Annotations with this prefix on an Experiment are copied onto its pods; the local stack's
 #: simulated nodes read them (see ``kexp.dev.cluster``).
 SIM_ANNOTATION_PREFIX: Final = "sim.kexp.io/"

@@ -17,7 +17,7 @@ from typing import Any
 import click
 import yaml
 
-from kexp.api import models
+from kexp.api import contract, models
 from kexp.api.validation import validate_spec
 from kexp.cli.common import (
     EXIT_NOT_FOUND,
@@ -97,6 +97,14 @@ def _template_spec(session: Session, namespace: str, ref: str) -> dict[str, Any]
             EXIT_NOT_FOUND,
         )
     return dict(found.get("spec") or {})
+
+
+def _copied_spec(session: Session, namespace: str, name: str) -> dict[str, Any]:
+    """The spec of Experiment ``name``, as the user wrote it (no status, no provenance)."""
+    found = session.cluster.get(models.EXPERIMENT_KIND, namespace, name)
+    if found is None:
+        fail(f"--from: Experiment {name!r} not found in namespace {namespace!r}", EXIT_NOT_FOUND)
+    return copy.deepcopy(dict(found.get("spec") or {}))
 
 
 def check_spec(
@@ -234,6 +242,13 @@ def _print_documents(docs: list[dict[str, Any]]) -> None:
 @click.argument("name")
 @click.option("-t", "--template", default=None, help="ExperimentTemplate to start from.")
 @click.option(
+    "--from",
+    "copy_from",
+    default=None,
+    metavar="EXPERIMENT",
+    help="Start from a copy of this Experiment's spec (its source too with --no-source).",
+)
+@click.option(
     "--set",
     "sets",
     multiple=True,
@@ -265,6 +280,7 @@ def new(
     session: Session,
     name: str,
     template: str | None,
+    copy_from: str | None,
     sets: tuple[str, ...],
     tags: tuple[str, ...],
     description: str | None,
@@ -279,12 +295,20 @@ def new(
     """Write (or --apply) a new Experiment NAME from a template and --set overrides.
 
     spec.source is filled from the local git tree (commit, branch, dirty), so the run always
-    records which code it was meant to use.
+    records which code it was meant to use. With --from, the copy's settings are the other
+    Experiment's, with --set, --tag and --description applied over them.
     """
     _check_name(name)
     if dry_run and not apply_:
         fail("--dry-run goes with --apply (or use `kexp submit FILE --dry-run`)", EXIT_USAGE)
+    if template and copy_from:
+        fail("--from and --template: pick one (a copy keeps the templateRef it has)", EXIT_USAGE)
     spec = parse_set(sets)
+    if copy_from:
+        copied = _copied_spec(session, session.namespace, copy_from)
+        if not no_source:
+            copied.pop("source", None)  # filled again below, from the code run now
+        spec = models.merge_template(copied, spec)
     if template:
         spec["templateRef"] = template
     if tags:
@@ -297,6 +321,8 @@ def new(
         "metadata": {"name": name},
         "spec": spec,
     }
+    if copy_from:
+        manifest["metadata"]["annotations"] = {contract.ANNOTATION_COPIED_FROM: copy_from}
     for item in annotations:
         key, sep, value = item.partition("=")
         if not sep or not key:
