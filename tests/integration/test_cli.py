@@ -209,6 +209,7 @@ def test_new_from_copies_an_experiments_spec_and_changes_only_what_is_asked(
     assert unchanged == {k: v for k, v in original.items() if k not in ("hyperparameters", "tags")}
     assert spec["source"]["commit"] == commit
     assert kexp.get("orig")["spec"] == original  # the copied run is left as it was
+    assert "Copied from: orig" in " ".join(kexp.ok("show", "lr-up").output.split())
 
     # Without --no-source the copy records the code run now, not the original's.
     target = tmp_path / "copy.yaml"

@@ -25,6 +25,7 @@ from kexp.analysis.records import (
     sort_records,
     trial_records,
 )
+from kexp.api import contract
 from kexp.cli.common import (
     EXIT_NO_MATCH,
     EXIT_USAGE,
@@ -185,6 +186,10 @@ def show_text(exp: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
                 ("Algorithm", spec.get("algorithm")),
                 ("Environment", (spec.get("environment") or {}).get("id")),
                 ("Template", spec.get("templateRef")),
+                (
+                    "Copied from",
+                    (meta.get("annotations") or {}).get(contract.ANNOTATION_COPIED_FROM),
+                ),
                 ("Tags", ", ".join(spec.get("tags") or [])),
                 ("Objective", f"{rec['objective']} ({rec['mode']})"),
                 ("Score", status.get("score")),
