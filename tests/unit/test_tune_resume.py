@@ -162,3 +162,24 @@ def test_a_tpe_search_behind_its_trials_neither_hangs_nor_fails_on_an_unknown_tr
         resumed.on_trial_complete(trial.trial_id, result)
     assert len(made) == SAMPLES - 2  # both restored trials count towards numSamples
     assert resumed.is_finished()
+
+
+def test_a_tpe_search_ahead_of_its_trials_makes_new_trials_in_place_of_those_never_recorded(
+    tmp_path: Path,
+) -> None:
+    first_run = tpe(ResumableSearchGenerator)
+    first = first_run.next_trial()
+    first_run.on_trial_complete(first.trial_id, {SIGNAL: 1.0})
+    lost = first_run.next_trial()  # made, but the trials saved do not hold it
+    first_run.save_to_dir(str(tmp_path), "s1")
+    write_trials(tmp_path, "s1", {first: Trial.TERMINATED})
+
+    resumed = tpe(ResumableSearchGenerator)
+    resumed.restore_from_dir(str(tmp_path))
+    made = []
+    while (trial := resumed.next_trial()) is not None:
+        made.append(trial.trial_id)
+        resumed.on_trial_complete(trial.trial_id, {SIGNAL: 2.0})
+    assert len(made) == SAMPLES - 1  # the restored trial and three new ones
+    assert lost.trial_id not in made
+    assert resumed.is_finished()

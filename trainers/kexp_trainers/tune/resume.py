@@ -11,7 +11,9 @@ would have made a second ``00001``, whose files in S3 would have replaced the fi
 
 The searchers here restore Tune's state, then take the trials' statuses as the truth: the
 trials still to run are the live ones, and the variant generator moves on past every trial
-that already exists, drawing the same samples it drew the first time.
+that already exists, drawing the same samples it drew the first time. A searcher saved after
+trials that never reached the trials' file is the rarer case: TPE's wrapper then suggests new
+trials in their place; the variant generator cannot draw those samples again and says so.
 """
 
 from __future__ import annotations
@@ -111,6 +113,13 @@ class ResumableVariantGenerator(BasicVariantGenerator):  # type: ignore[misc]
                 skipped,
                 made,
             )
+        elif self._iterators and self._iterators[-1].counter > made:
+            # Its random state cannot be wound back to draw those samples again.
+            log.warning(
+                "the searcher had made %d trial(s) that the restored trials do not hold; "
+                "the sweep runs that many fewer than numSamples",
+                self._iterators[-1].counter - made,
+            )
 
 
 class ResumableSearchGenerator(SearchGenerator):  # type: ignore[misc]
@@ -145,9 +154,13 @@ class ResumableSearchGenerator(SearchGenerator):  # type: ignore[misc]
         return searcher
 
     def catch_up(self, trials: Sequence[RestoredTrial]) -> None:
-        """Count every restored trial as made, and as live only those that will run again."""
+        """Count every restored trial as made, and as live only those that will run again.
+
+        A searcher that had suggested more trials than were restored suggests new ones in
+        their place, so the sweep still runs numSamples.
+        """
         live = unfinished(trials)
-        self._counter = max(self._counter, len(trials))
+        self._counter = len(trials)
         # OptunaSearch keeps the trials it suggested by id; a searcher that keeps none is
         # trusted to know them all.
         known = getattr(self._base(), "_ot_trials", None)
