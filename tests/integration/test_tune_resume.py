@@ -18,13 +18,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from kexp_trainers.tune.resume import restored_trials
 from kexp_trainers.tune.space import SIGNAL, param_space, search_algorithm
+from tests.waiting import wait_until
 
+T = TypeVar("T")
 SAMPLES = 4
 #: The checkout, where the subprocess imports this module from.
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,14 +90,14 @@ def start(storage: Path, gates: Path, algorithm: str, restore: bool) -> subproce
     return subprocess.Popen([sys.executable, "-c", code], start_new_session=True, env=env, cwd=ROOT)
 
 
-def wait_for(check: Callable[[], Any], what: str, proc: subprocess.Popen[bytes]) -> Any:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if (found := check()) is not None and found is not False:
-            return found
+def wait_for(check: Callable[[], T | None], what: str, proc: subprocess.Popen[bytes]) -> T:
+    """``wait_until``, failing at once if the sweep's driver has ended."""
+
+    def probe() -> T | None:
         assert proc.poll() is None, f"the sweep ended (exit {proc.returncode}) before {what}"
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+        return check()
+
+    return wait_until(probe, timeout_s=120, what=what)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
